@@ -1,0 +1,54 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AllTokens.Layers;
+
+/// <summary>
+/// Pre-norm transformer block. LV-ViT divides each residual <em>branch</em> by <c>skip_lam</c> (LVVIT.md §3.3):
+/// y = x + DropPath(Attn(LN1(x)))/skip_lam; out = y + DropPath(MLP(LN2(y)))/skip_lam. With skip_lam = 1 this is
+/// the plain timm ViT block. Keys: <c>norm1.*</c>, <c>attn.*</c>, <c>norm2.*</c>, <c>mlp.*</c>.
+/// </summary>
+public sealed class Block : nn.Module<Tensor, Tensor>
+{
+    private readonly LayerNorm norm1;
+    private readonly Attention attn;
+    private readonly DropPath drop_path;
+    private readonly LayerNorm norm2;
+    private readonly Mlp mlp;
+
+    public double SkipLam { get; }
+
+    public Block(long dim, int numHeads, double mlpRatio = 4.0, bool qkvBias = false, double? qkScale = null,
+        double drop = 0, double attnDrop = 0, double dropPath = 0, double skipLam = 1.0, double layerNormEps = 1e-5)
+        : base(nameof(Block))
+    {
+        SkipLam = skipLam;
+        norm1 = nn.LayerNorm(dim, eps: layerNormEps);
+        attn = new Attention(dim, numHeads, qkvBias, qkScale, attnDrop, drop);
+        drop_path = new DropPath(dropPath);
+        norm2 = nn.LayerNorm(dim, eps: layerNormEps);
+        mlp = new Mlp(dim, (long)(dim * mlpRatio), drop: drop);
+        RegisterComponents();
+    }
+
+    public Attention Attn => attn;
+    public Mlp Mlp => mlp;
+    public LayerNorm Norm1 => norm1;
+    public LayerNorm Norm2 => norm2;
+
+    public override Tensor forward(Tensor x) => Forward(x, out _, captureAttention: false);
+
+    public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
+    {
+        var a = attn.Forward(norm1.call(x), out attention, captureAttention);
+        x = x + Branch(a);
+        return x + Branch(mlp.call(norm2.call(x)));
+    }
+
+    private Tensor Branch(Tensor t)
+    {
+        t = drop_path.call(t);
+        return SkipLam == 1.0 ? t : t / SkipLam;
+    }
+}

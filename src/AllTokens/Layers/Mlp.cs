@@ -1,0 +1,33 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AllTokens.Layers;
+
+/// <summary>fc1 → exact (erf) GELU → dropout → fc2 → dropout. Keys: <c>fc1.*</c>, <c>fc2.*</c>.</summary>
+public sealed class Mlp : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear fc1;
+    private readonly GELU act;
+    private readonly Linear fc2;
+    private readonly Dropout drop;
+
+    public Mlp(long inFeatures, long hiddenFeatures, long? outFeatures = null, double drop = 0) : base(nameof(Mlp))
+    {
+        fc1 = nn.Linear(inFeatures, hiddenFeatures);
+        act = nn.GELU();
+        fc2 = nn.Linear(hiddenFeatures, outFeatures ?? inFeatures);
+        this.drop = nn.Dropout(drop);
+        RegisterComponents();
+    }
+
+    public Linear Fc1 => fc1;
+    public Linear Fc2 => fc2;
+
+    public override Tensor forward(Tensor x)
+    {
+        // Intermediates belong to the caller's dispose scope (one scope per top-level forward).
+        var h = drop.call(act.call(fc1.call(x)));
+        return drop.call(fc2.call(h));
+    }
+}
