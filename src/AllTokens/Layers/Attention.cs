@@ -9,20 +9,25 @@ namespace AllTokens.Layers;
 /// output features are [q heads | k heads | v heads], q multiplied by the scale before q·kᵀ, softmax over keys,
 /// then proj. Keys: <c>qkv.weight</c> (+ <c>qkv.bias</c> when qkvBias), <c>proj.*</c>.
 /// </summary>
-public sealed class Attention : nn.Module<Tensor, Tensor>
+public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
 {
     private readonly Linear qkv;
     private readonly Dropout attn_drop;
     private readonly Linear proj;
     private readonly Dropout proj_drop;
+    private readonly SELayer? se_layer; // T2T-ViT-SE: channel attention after proj (t2t_vit_se.py)
 
     public int NumHeads { get; }
     public double Scale { get; }
+    /// <summary>LV-ViT scales q before q·kᵀ; T2T-ViT's backbone (timm 0.3.4) scales the product. Same maths, other rounding.</summary>
+    public bool ScaleQueryFirst { get; }
 
     /// <param name="qkScale">Overrides head_dim^-0.5 (T2T-ViT's ResNeXt variant keeps the default; see T2T_VIT.md §2.1).</param>
-    public Attention(long dim, int numHeads, bool qkvBias = false, double? qkScale = null, double attnDrop = 0, double projDrop = 0)
+    public Attention(long dim, int numHeads, bool qkvBias = false, double? qkScale = null, double attnDrop = 0, double projDrop = 0,
+        bool scaleQueryFirst = true, bool squeezeExcite = false)
         : base(nameof(Attention))
     {
+        ScaleQueryFirst = scaleQueryFirst;
         if (dim % numHeads != 0) throw new ArgumentException($"dim {dim} is not divisible by {numHeads} heads");
         NumHeads = numHeads;
         Scale = qkScale ?? Math.Pow(dim / numHeads, -0.5);
@@ -30,6 +35,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         attn_drop = nn.Dropout(attnDrop);
         proj = nn.Linear(dim, dim);
         proj_drop = nn.Dropout(projDrop);
+        se_layer = squeezeExcite ? new SELayer(dim) : null;
         RegisterComponents();
     }
 
@@ -43,13 +49,45 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
     {
         long b = x.shape[0], n = x.shape[1], c = x.shape[2];
         var qkvOut = qkv.call(x).reshape(b, n, 3, NumHeads, c / NumHeads).permute(2, 0, 3, 1, 4); // [3, B, H, N, hd]
-        var q = qkvOut[0] * Scale;
+        var q = qkvOut[0];
         var k = qkvOut[1];
         var v = qkvOut[2];
-        var attn = q.matmul(k.transpose(-2, -1)).softmax(-1); // [B, H, N, N]
+        var attn = ScaleQueryFirst
+            ? (q * Scale).matmul(k.transpose(-2, -1)).softmax(-1)
+            : (q.matmul(k.transpose(-2, -1)) * Scale).softmax(-1); // [B, H, N, N]
         attention = captureAttention ? attn.detach() : null;
         attn = attn_drop.call(attn);
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, c); // [B, N, D]
-        return proj_drop.call(proj.call(y));
+        y = proj.call(y);
+        if (se_layer is not null) y = se_layer.call(y);
+        return proj_drop.call(y);
+    }
+}
+
+/// <summary>Attention that can hand back its probabilities (for attention maps).</summary>
+public interface IAttention
+{
+    Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention);
+}
+
+/// <summary>
+/// Squeeze-and-excitation over tokens (T2T-ViT-SE): mean over all tokens (class token included) → Linear(C, C/16)
+/// → ReLU → Linear(C/16, C) → sigmoid → rescale channels. Keys: <c>fc.0.weight</c>, <c>fc.2.weight</c>.
+/// </summary>
+public sealed class SELayer : nn.Module<Tensor, Tensor>
+{
+    private readonly Sequential fc;
+
+    public SELayer(long channels, int reduction = 16) : base(nameof(SELayer))
+    {
+        fc = nn.Sequential(nn.Linear(channels, channels / reduction, hasBias: false), nn.ReLU(),
+            nn.Linear(channels / reduction, channels, hasBias: false), nn.Sigmoid());
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var y = fc.call(x.mean([1])); // [B, C]
+        return x * y.unsqueeze(1);    // [B, N, C]
     }
 }

@@ -12,28 +12,36 @@ namespace AllTokens.Layers;
 public sealed class Block : nn.Module<Tensor, Tensor>
 {
     private readonly LayerNorm norm1;
-    private readonly Attention attn;
+    private readonly nn.Module<Tensor, Tensor> attn;
     private readonly DropPath drop_path;
     private readonly LayerNorm norm2;
-    private readonly Mlp mlp;
+    private readonly nn.Module<Tensor, Tensor> mlp;
 
     public double SkipLam { get; }
 
     public Block(long dim, int numHeads, double mlpRatio = 4.0, bool qkvBias = false, double? qkScale = null,
-        double drop = 0, double attnDrop = 0, double dropPath = 0, double skipLam = 1.0, double layerNormEps = 1e-5)
-        : base(nameof(Block))
+        double drop = 0, double attnDrop = 0, double dropPath = 0, double skipLam = 1.0, double layerNormEps = 1e-5,
+        bool scaleQueryFirst = true)
+        : this(dim, new Attention(dim, numHeads, qkvBias, qkScale, attnDrop, drop, scaleQueryFirst),
+            new Mlp(dim, (long)(dim * mlpRatio), drop: drop), dropPath, skipLam, layerNormEps)
+    {
+    }
+
+    /// <summary>A block around other attention/MLP modules (T2T-ViT's SE and Ghost variants); the keys stay attn.*, mlp.*.</summary>
+    public Block(long dim, nn.Module<Tensor, Tensor> attention, nn.Module<Tensor, Tensor> mlp, double dropPath = 0, double skipLam = 1.0,
+        double layerNormEps = 1e-5) : base(nameof(Block))
     {
         SkipLam = skipLam;
         norm1 = nn.LayerNorm(dim, eps: layerNormEps);
-        attn = new Attention(dim, numHeads, qkvBias, qkScale, attnDrop, drop);
+        attn = attention;
         drop_path = new DropPath(dropPath);
         norm2 = nn.LayerNorm(dim, eps: layerNormEps);
-        mlp = new Mlp(dim, (long)(dim * mlpRatio), drop: drop);
+        this.mlp = mlp;
         RegisterComponents();
     }
 
-    public Attention Attn => attn;
-    public Mlp Mlp => mlp;
+    public Attention Attn => (Attention)attn;
+    public Mlp Mlp => (Mlp)mlp;
     public LayerNorm Norm1 => norm1;
     public LayerNorm Norm2 => norm2;
 
@@ -41,7 +49,13 @@ public sealed class Block : nn.Module<Tensor, Tensor>
 
     public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
     {
-        var a = attn.Forward(norm1.call(x), out attention, captureAttention);
+        Tensor a;
+        if (attn is IAttention capturing) a = capturing.Forward(norm1.call(x), out attention, captureAttention);
+        else
+        {
+            a = attn.call(norm1.call(x));
+            attention = null;
+        }
         x = x + Branch(a);
         return x + Branch(mlp.call(norm2.call(x)));
     }

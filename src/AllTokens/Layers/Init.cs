@@ -53,4 +53,19 @@ public static class Init
         norm.weight?.fill_(1.0);
         norm.bias?.zero_();
     }
+
+    /// <summary>
+    /// A [rows, cols] matrix with orthonormal rows (rows ≤ cols) or columns, as PyTorch's <c>orthogonal_</c>:
+    /// QR of a standard normal matrix (transposed when rows &lt; cols) with Q's columns sign-corrected by diag(R).
+    /// </summary>
+    public static Tensor Orthogonal(long rows, long cols)
+    {
+        using var _ = torch.no_grad();
+        var a = torch.randn(rows, cols);
+        bool transpose = rows < cols;
+        if (transpose) a = a.t();
+        var (q, r) = torch.linalg.qr(a);
+        q = q * r.diagonal().sign().unsqueeze(0);
+        return (transpose ? q.t() : q).contiguous();
+    }
 }

@@ -77,6 +77,15 @@ public abstract class ImageClassifier : nn.Module<Tensor, Tensor>
     /// <summary>Parameter names that take no weight decay besides 1-D tensors and biases (timm's no_weight_decay).</summary>
     public virtual IReadOnlySet<string> NoWeightDecay() => new HashSet<string> { "pos_embed", "cls_token" };
 
+    /// <summary>Maps a foreign checkpoint's keys to ours (pure function); identity where the official keys are ours.</summary>
+    public virtual IEnumerable<KeyValuePair<string, Checkpoints.RawTensor>> RemapCheckpoint(IEnumerable<KeyValuePair<string, Checkpoints.RawTensor>> stateDict) => stateDict;
+
+    /// <summary>Whether a checkpoint's position embedding may be resampled to this model's grid on load.</summary>
+    public virtual bool PosEmbedResizable => true;
+
+    /// <summary>Tokens ahead of the patch grid in <c>pos_embed</c> (the class token).</summary>
+    public virtual int NumPrefixTokens => 1;
+
     /// <summary>Keys of the classifier weights, dropped when a checkpoint's class count differs.</summary>
     public virtual IReadOnlyList<string> ClassifierPrefixes() => ["head."];
 }

@@ -32,6 +32,7 @@ public static class ModelRegistry
     {
         var list = new List<ModelInfo>();
         list.AddRange(LvVit.Registrations());
+        list.AddRange(T2tVit.Registrations());
         var dupes = list.GroupBy(m => m.Name).Where(g => g.Count() > 1).Select(g => g.Key).ToList();
         if (dupes.Count > 0) throw new InvalidOperationException("duplicate model names: " + string.Join(", ", dupes));
         return list;

@@ -1,0 +1,33 @@
+using AllTokens.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Cli;
+
+/// <summary>Options and helpers several verbs share.</summary>
+public static class CliCommon
+{
+    public static OptionSpec DeviceOption => new("device", "cpu|cuda", "where to run", "cpu");
+    public static OptionSpec ThreadsOption => new("threads", "T", "intra-op threads (default: all cores)");
+
+    public static Device ResolveDevice(ParsedArgs a)
+    {
+        string d = a.Choice("device", "cpu", "cuda");
+        if (d == "cuda" && !torch.cuda.is_available())
+            throw new UsageException("--device cuda: no CUDA device is available to this build (it ships libtorch-cpu); " +
+                                     "reference a libtorch-cuda package and run on a machine with an NVIDIA GPU");
+        return d == "cuda" ? torch.CUDA : torch.CPU;
+    }
+
+    public static void ApplyThreads(ParsedArgs a)
+    {
+        int? t = a.Int("threads", 1, 1024);
+        if (t is not null) torch.set_num_threads(t.Value);
+    }
+
+    public static void PrintReport(LoadReport? report, Console2 io)
+    {
+        if (report is null) return;
+        io.Err.WriteLine(report.ToString());
+    }
+}
