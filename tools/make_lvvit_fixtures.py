@@ -168,12 +168,13 @@ def main():
         rec = {"config": dict(zip(["img", "classes", "embed_dim", "depth", "heads", "mlp_ratio", "skip_lam", "stem", "stem_channels", "aux"], cfg)),
                "keys": list(m.state_dict().keys()),
                "input_shape": list(x.shape), "input_formula": "sin(0.37*i)*cos(0.011*i)", "logits": flat(logits)}
+        # Save before the training forward below: it updates the BatchNorm running statistics.
+        torch.save(m.state_dict(), os.path.join(OUT, name + ".pth"))
         if cfg[-1]:
             box = (0, 1, 2, 2)  # rows [0,2), cols [1,2) on the 2x2 grid
             m.train()
             cls, aux = m.forward_train(x, box)
             rec.update({"box": list(box), "train_cls": flat(cls), "train_aux": flat(aux), "train_aux_shape": list(aux.shape)})
-        torch.save(m.state_dict(), os.path.join(OUT, name + ".pth"))
         with open(os.path.join(OUT, name + ".json"), "w") as f:
             json.dump(rec, f)
         print(name, sum(p.numel() for p in m.parameters()), "params")

@@ -44,7 +44,7 @@ public static class PredictVerb
         if (loaded.Report is null) io.Err.WriteLine($"note: no --weights given; {loaded.Name} is randomly initialised");
         var info = Models.ModelRegistry.Get(loaded.Name);
         string interp = a.String("interpolation") ?? info.Defaults.Interpolation;
-        var transform = new EvalTransformOptions(
+        var transform = new EvalTransform(new EvalTransformOptions(
             ImgSize: model.Options.ImgSize,
             CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? info.Defaults.CropPct,
             Interpolation: interp switch
@@ -53,7 +53,7 @@ public static class PredictVerb
                 "bilinear" => Interpolation.Bilinear,
                 _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{interp}'"),
             },
-            Mean: info.Defaults.Mean, Std: info.Defaults.Std);
+            Mean: info.Defaults.Mean, Std: info.Defaults.Std));
         model.to(device);
         model.eval();
         var names = loaded.Metadata?.ClassNames;
@@ -65,7 +65,7 @@ public static class PredictVerb
             {
                 try
                 {
-                    good.Add((path, EvalTransform.Apply(ImageDecoder.Decode(path), transform)));
+                    good.Add((path, transform.Apply(ImageDecoder.Decode(path))));
                 }
                 catch (Exception e) when (e is ImageDecodeException or IOException or UnauthorizedAccessException)
                 {
@@ -74,7 +74,7 @@ public static class PredictVerb
                 }
             }
             if (good.Count == 0) continue;
-            float[][] logits = Forward(model, good.Select(g => g.Chw).ToList(), transform.ImgSize, device);
+            float[][] logits = Forward(model, good.Select(g => g.Chw).ToList(), transform.Size, device);
             for (int i = 0; i < good.Count; i++) Print(io, good[i].Path, logits[i], top, json, withLogits, names);
         }
         return failures == 0 ? 0 : 1;

@@ -29,7 +29,7 @@ public sealed record WeightsMetadata(string? Model, ModelOptions? Options, IRead
         }
         catch (JsonException e)
         {
-            throw new CheckpointFormatException($"{pathForErrors}: malformed AllTokens metadata: {e.Message}");
+            throw new CheckpointFormatException(pathForErrors, $"malformed AllTokens metadata: {e.Message}", e);
         }
     }
 }

@@ -77,11 +77,19 @@ public static class ModelRegistry
 
     /// <summary>
     /// Parameter count (all parameters and frozen tensors stored as parameters; BN buffers excluded) without
-    /// allocating weights: the model is built on the meta device.
+    /// allocating weights: the model is built on the meta device. libtorch's default device is process-wide, so
+    /// do not build models on other threads while this runs.
     /// </summary>
     public static long CountParameters(string name, ModelOptions? options = null)
     {
         var info = Get(name);
+        lock (metaLock) return Count(info, options);
+    }
+
+    private static readonly object metaLock = new();
+
+    private static long Count(ModelInfo info, ModelOptions? options)
+    {
         using var scope = torch.NewDisposeScope();
         torch.set_default_device(torch.META);
         try

@@ -33,13 +33,12 @@ public sealed record T2tVitConfig(long EmbedDim, int Depth, int NumHeads, double
 /// </summary>
 public sealed class T2tModule : nn.Module<Tensor, Tensor>
 {
-    private readonly Unfold? soft_split0;
-    private readonly Unfold? soft_split1;
-    private readonly Unfold? soft_split2;
+    // Official names: soft_split0/1 are Unfolds, or the first two convolutions of the conv variant.
+    private readonly nn.Module<Tensor, Tensor>? soft_split0;
+    private readonly nn.Module<Tensor, Tensor>? soft_split1;
+    private readonly nn.Module<Tensor, Tensor>? soft_split2;
     private readonly nn.Module<Tensor, Tensor>? attention1;
     private readonly nn.Module<Tensor, Tensor>? attention2;
-    private readonly nn.Module<Tensor, Tensor>? conv0;
-    private readonly nn.Module<Tensor, Tensor>? conv1;
     private readonly nn.Module<Tensor, Tensor> project;
 
     public T2tTokens Kind { get; }
@@ -60,9 +59,10 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
                 project = nn.Linear(tokenDim * 3 * 3, embedDim);
                 break;
             case T2tTokens.Convolution:
-                // The official layer names for this variant are soft_split0/1 and project (convolutions).
-                conv0 = nn.Conv2d(inChans, tokenDim, 7, stride: 4, padding: 2);
-                conv1 = nn.Conv2d(tokenDim, tokenDim, 3, stride: 2, padding: 1);
+                // The official layer names for this variant are soft_split0/1 and project (convolutions). Three bare
+                // convolutions, no nonlinearity between them (T2T_VIT.md §2.3: 21.35M trainable, ≈4.59 GMACs).
+                soft_split0 = nn.Conv2d(inChans, tokenDim, 7, stride: 4, padding: 2);
+                soft_split1 = nn.Conv2d(tokenDim, tokenDim, 3, stride: 2, padding: 1);
                 project = nn.Conv2d(tokenDim, embedDim, 3, stride: 2, padding: 1);
                 break;
             default:
@@ -70,12 +70,6 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
                 break;
         }
         RegisterComponents();
-        if (conv0 is not null)
-        {
-            // Register the convolutions under the official names (fields cannot share them with the Unfolds).
-            register_module("soft_split0", conv0);
-            register_module("soft_split1", conv1!);
-        }
     }
 
     public override Tensor forward(Tensor x) => ForwardStages(x).Tokens;
@@ -98,8 +92,8 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
             }
             case T2tTokens.Convolution:
             {
-                var c0 = conv0!.call(x);
-                var c1 = conv1!.call(c0);
+                var c0 = soft_split0!.call(x);
+                var c1 = soft_split1!.call(c0);
                 var tokens = project.call(c1).flatten(2).transpose(1, 2);
                 return new T2tStages(tokens, null, c0.flatten(2).transpose(1, 2), c1.flatten(2).transpose(1, 2));
             }
