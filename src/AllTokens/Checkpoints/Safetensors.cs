@@ -175,6 +175,8 @@ public static class Safetensors
         var dataStart = 8 + (long)headerLength;
         var dataLength = fileLength - dataStart;
 
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new CheckpointFormatException(path, "the header is not valid UTF-8");
         JsonDocument doc;
         try
         {

@@ -244,4 +244,29 @@ public sealed class PthReaderTests : IDisposable
         var e = Assert.Throws<CheckpointFormatException>(() => PthReader.ReadObject(st));
         Assert.Contains("safetensors", e.Message);
     }
+
+    [Theory]
+    [InlineData("little", true)]
+    [InlineData("little\n", true)]
+    [InlineData("big", false)]
+    public void ByteOrderRecordIsHonoured(string order, bool ok)
+    {
+        // torch >= 2.1 writes <prefix>/byteorder; torch 1.13 (our fixtures) does not.
+        var path = _files.CopyFixture("state_zip.pth");
+        using (var zip = ZipFile.Open(path, ZipArchiveMode.Update))
+        {
+            using var s = zip.CreateEntry("state_zip/byteorder", CompressionLevel.NoCompression).Open();
+            s.Write(System.Text.Encoding.ASCII.GetBytes(order));
+        }
+        if (ok)
+        {
+            TestFiles.AssertMatches(TestFiles.Expected("state"), PthReader.ReadStateDict(path));
+        }
+        else
+        {
+            var e = Assert.Throws<CheckpointFormatException>(() => PthReader.ReadStateDict(path));
+            Assert.StartsWith(path + ": ", e.Message);
+            Assert.Contains("'big'", e.Message);
+        }
+    }
 }

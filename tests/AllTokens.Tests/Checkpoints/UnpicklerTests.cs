@@ -147,4 +147,25 @@ public sealed class UnpicklerTests
         TorchPickleHost.CopyStrided(src, dst, 1, 1, [2, 2], [1, 4], contiguous: false);
         Assert.Equal([1, 5, 2, 6], dst);
     }
+
+    [Fact]
+    public void RebuildTensorV3ReinterpretsAnUntypedStorage()
+    {
+        // torch 2.x style: UntypedStorage of 6 bytes, _rebuild_tensor_v3(..., offset 1, size (2,), stride (1,), dtype torch.float16)
+        var storageBytes = new byte[] { 0, 0, 0x00, 0x3c, 0x00, 0xc0 }; // [_, 1.0, -2.0] as float16
+        var host = new TorchPickleHost((key, bytes, es) =>
+        {
+            var d = new StorageData(key, bytes, es);
+            d.SetBytes(storageBytes);
+            return d;
+        });
+        var pickle = P(0x80, 2, 'c', "torch._utils\n_rebuild_tensor_v3\n", '(',
+            '(', 0x8c, 7, "storage", 'c', "torch.storage\nUntypedStorage\n", 0x8c, 1, "0", 0x8c, 3, "cpu", 'K', 6, 't', 'Q',
+            'K', 1, 'K', 2, 0x85, 'K', 1, 0x85, 0x89, 'N', 'c', "torch\nfloat16\n", 't', 'R', '.');
+        using var ms = new MemoryStream(pickle);
+        var t = Assert.IsType<RawTensor>(new Unpickler(ms, 0, pickle.Length, FakePath, "data.pkl", host).Load());
+        Assert.Equal(TensorDType.Float16, t.DType);
+        Assert.Equal([2L], t.Shape);
+        Assert.Equal([1.0, -2.0], TestFiles.Values(t).Cast<double>());
+    }
 }
