@@ -14,43 +14,29 @@ public static class ElfVersionNeedPatcher
     /// <summary>Result of a patch attempt.</summary>
     public enum Outcome { Patched, AlreadyWeak, NotNeeded, NotElf }
 
-    /// <summary>Sets VER_FLG_WEAK on every version-need entry named <paramref name="version"/>.</summary>
-    public static Outcome MakeVersionNeedWeak(string path, string version)
+    /// <summary>Byte offsets of the vna_flags fields of every version-need entry named <paramref name="version"/>;
+    /// null when the bytes are not a 64-bit little-endian ELF.</summary>
+    public static System.Collections.Generic.List<int> FindVersionNeedFlags(byte[] b, string version)
     {
-        byte[] b = System.IO.File.ReadAllBytes(path);
         if (b.Length < 64 || b[0] != 0x7f || b[1] != (byte)'E' || b[2] != (byte)'L' || b[3] != (byte)'F' || b[4] != 2 || b[5] != 1)
-            return Outcome.NotElf; // only 64-bit little-endian ELF is handled
+            return null;
+        var found = new System.Collections.Generic.List<int>();
         ulong shoff = U64(b, 0x28);
         int shentsize = U16(b, 0x3A), shnum = U16(b, 0x3C);
-        bool found = false, changed = false;
         for (int s = 0; s < shnum; s++)
         {
             int sh = checked((int)shoff + s * shentsize);
             if (U32(b, sh + 4) != ShtGnuVerneed) continue;
-            int off = checked((int)U64(b, sh + 0x18));
+            int vn = checked((int)U64(b, sh + 0x18));
             int link = (int)U32(b, sh + 0x28);
-            int strSh = checked((int)shoff + link * shentsize);
-            int strOff = checked((int)U64(b, strSh + 0x18));
-            int vn = off;
+            int strOff = checked((int)U64(b, checked((int)shoff + link * shentsize) + 0x18));
             while (true)
             {
                 int cnt = U16(b, vn + 2);
                 int aux = vn + (int)U32(b, vn + 8);
                 for (int a = 0; a < cnt; a++)
                 {
-                    string name = CString(b, strOff + (int)U32(b, aux + 8));
-                    if (name == version)
-                    {
-                        found = true;
-                        ushort flags = (ushort)U16(b, aux + 4);
-                        if ((flags & VerFlgWeak) == 0)
-                        {
-                            flags |= VerFlgWeak;
-                            b[aux + 4] = (byte)flags;
-                            b[aux + 5] = (byte)(flags >> 8);
-                            changed = true;
-                        }
-                    }
+                    if (CString(b, strOff + (int)U32(b, aux + 8)) == version) found.Add(aux + 4);
                     uint next = U32(b, aux + 12);
                     if (next == 0) break;
                     aux += (int)next;
@@ -60,9 +46,28 @@ public static class ElfVersionNeedPatcher
                 vn += (int)vnNext;
             }
         }
-        if (!found) return Outcome.NotNeeded;
+        return found;
+    }
+
+    /// <summary>Sets VER_FLG_WEAK on every version-need entry named <paramref name="version"/>.</summary>
+    public static Outcome MakeVersionNeedWeak(string path, string version)
+    {
+        byte[] b = System.IO.File.ReadAllBytes(path);
+        var offsets = FindVersionNeedFlags(b, version);
+        if (offsets == null) return Outcome.NotElf;
+        if (offsets.Count == 0) return Outcome.NotNeeded;
+        bool changed = false;
+        foreach (int o in offsets)
+        {
+            int flags = U16(b, o);
+            if ((flags & VerFlgWeak) != 0) continue;
+            flags |= VerFlgWeak;
+            b[o] = (byte)flags;
+            b[o + 1] = (byte)(flags >> 8);
+            changed = true;
+        }
         if (!changed) return Outcome.AlreadyWeak;
-        // Write beside, then rename; keep the original timestamp so MSBuild's incremental copy
+        // Write beside, then replace; keep the original timestamp so MSBuild's incremental copy
         // (same size and time = unchanged) does not copy the unpatched file over it again.
         System.DateTime stamp = System.IO.File.GetLastWriteTimeUtc(path);
         string tmp = path + ".patching";
@@ -105,7 +110,7 @@ public static class ElfVersionNeedPatcher
         return -1;
     }
 
-    private static int U16(byte[] b, int o) => b[o] | (b[o + 1] << 8);
+    internal static int U16(byte[] b, int o) => b[o] | (b[o + 1] << 8);
     private static uint U32(byte[] b, int o) => (uint)(b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24));
     private static ulong U64(byte[] b, int o) => U32(b, o) | ((ulong)U32(b, o + 4) << 32);
     private static string CString(byte[] b, int o)
