@@ -112,3 +112,19 @@ public sealed class Batch : IDisposable
         Labels.Dispose();
     }
 }
+
+/// <summary>Batches of one split, epoch by epoch; the same seed gives the same batches whatever the worker count.</summary>
+public interface IBatchSource
+{
+    /// <summary>The dataset the batches come from.</summary>
+    IImageDataset Dataset { get; }
+
+    /// <summary>Batches per epoch (after drop_last).</summary>
+    int BatchesPerEpoch { get; }
+
+    /// <summary>
+    /// The batches of <paramref name="epoch"/>, starting at batch <paramref name="startBatch"/> (exact resume).
+    /// The caller disposes each batch.
+    /// </summary>
+    IEnumerable<Batch> Epoch(int epoch, int startBatch = 0);
+}
