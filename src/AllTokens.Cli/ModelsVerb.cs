@@ -26,7 +26,7 @@ public static class ModelsVerb
                 {
                     name = m.Name,
                     family = m.Family,
-                    @params = ModelRegistry.CountParameters(m.Name, new ModelOptions(1000, 224)),
+                    @params = ModelRegistry.CountParameters(m.Name, new ModelOptions(1000, m.Defaults.ImgSize)),
                     img_size = m.Defaults.ImgSize,
                     crop_pct = m.Defaults.CropPct,
                     interpolation = m.Defaults.Interpolation,
@@ -39,7 +39,7 @@ public static class ModelsVerb
         io.Out.WriteLine($"{"name".PadRight(w)}{"family",-9}{"params",12}  {"img",4}  {"crop",5}  description");
         foreach (var m in models)
         {
-            long p = ModelRegistry.CountParameters(m.Name, new ModelOptions(1000, 224));
+            long p = ModelRegistry.CountParameters(m.Name, new ModelOptions(1000, m.Defaults.ImgSize));
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{m.Name.PadRight(w)}{m.Family,-9}{p,12:N0}  {m.Defaults.ImgSize,4}  {m.Defaults.CropPct,5:0.###}  {m.Description}"));
         }

@@ -23,6 +23,10 @@ public sealed record LvVitConfig(
     public static readonly LvVitConfig SmallNoAux = Small with { AuxHead = false, MixToken = false };
     /// <summary><c>vit</c>: the naive 16×16 patch embedding, no residual scaling, no aux head.</summary>
     public static readonly LvVitConfig NaiveVit = new(384, 16, 6, 3.0, 1.0, StemKind.Naive, AuxHead: false, MixToken: false);
+    /// <summary><c>lvvit_nano</c>: our small-data size (not in the paper) for Fashion-MNIST-scale runs on a CPU.</summary>
+    public static readonly LvVitConfig Nano = new(128, 4, 4, 3.0, 1.0, StemChannels: 32);
+    /// <summary><c>vit_nano</c>: the plain ViT of the same width and depth as <see cref="Nano"/>.</summary>
+    public static readonly LvVitConfig NaiveNano = new(128, 4, 4, 3.0, 1.0, StemKind.Naive, AuxHead: false, MixToken: false);
 }
 
 /// <summary>
@@ -227,8 +231,11 @@ public sealed class LvVit : ImageClassifier
         yield return Entry("lvvit_l", LvVitConfig.Large, 1.0, "LV-ViT-L (Token Labeling)");
         yield return Entry("lvvit", LvVitConfig.SmallNoAux, 0.9, "LV-ViT-S without the aux head (plain classifier)");
         yield return Entry("vit", LvVitConfig.NaiveVit, 0.9, "ViT-S-style baseline of the LV-ViT repo (16×16 patch conv)", family: "vit");
+        // Small-data sizes of ours (not from the papers): 64 px input, 4×4 token grid, for Fashion-MNIST on a CPU.
+        yield return Entry("lvvit_nano", LvVitConfig.Nano, 1.0, "LV-ViT nano (ours): E 128, depth 4, 32-channel stem, 64 px", imgSize: 64);
+        yield return Entry("vit_nano", LvVitConfig.NaiveNano, 1.0, "plain ViT nano (ours): E 128, depth 4, 16×16 patches, 64 px", family: "vit", imgSize: 64);
     }
 
-    private static ModelInfo Entry(string name, LvVitConfig cfg, double cropPct, string description, string family = "lvvit") =>
-        new(name, family, description, new PretrainedDefaults(224, cropPct, "bicubic"), o => new LvVit(name, cfg, o));
+    private static ModelInfo Entry(string name, LvVitConfig cfg, double cropPct, string description, string family = "lvvit", int imgSize = 224) =>
+        new(name, family, description, new PretrainedDefaults(imgSize, cropPct, imgSize == 224 ? "bicubic" : "bilinear"), o => new LvVit(name, cfg, o));
 }

@@ -278,8 +278,11 @@ public sealed class T2tVit : ImageClassifier
         yield return Entry("t2t_vit_14_wot2t", new(384, 14, 6, 3.0, T2tTokens.None), "ablation: T2T-ViT-14 without T2T (16×16 patch conv)");
         yield return Entry("t2t_vit_c_14", new(384, 14, 6, 3.0, T2tTokens.Convolution), "ablation: T2T module replaced by convs 7/3/3, stride 4/2/2");
         yield return Entry("t2t_vit_d768_4", new(768, 4, 12, 3.0), "ablation: shallow-wide E 768, depth 4 (= t2t_vit_14_wide)");
+        // Small-data size of ours (not from the paper), the T2T counterpart of lvvit_nano/vit_nano: 64 px, 4×4 tokens.
+        yield return Entry("t2t_vit_nano", new(128, 4, 4, 3.0, TokenDim: 32), "T2T-ViT nano (ours): E 128, depth 4, token_dim 32, 64 px",
+            new PretrainedDefaults(64, 1.0, "bilinear"));
     }
 
-    private static ModelInfo Entry(string name, T2tVitConfig cfg, string description) =>
-        new(name, "t2t_vit", description, new PretrainedDefaults(224, 0.9, "bicubic"), o => new T2tVit(name, cfg, o));
+    private static ModelInfo Entry(string name, T2tVitConfig cfg, string description, PretrainedDefaults? defaults = null) =>
+        new(name, "t2t_vit", description, defaults ?? new PretrainedDefaults(224, 0.9, "bicubic"), o => new T2tVit(name, cfg, o));
 }
