@@ -10,7 +10,7 @@ public sealed class UsageException(string message) : Exception(message);
 public sealed record OptionSpec(string Name, string? Value, string Help, string? Default = null, bool Repeatable = false);
 
 /// <summary>A verb: its options, positional arguments and help text.</summary>
-public sealed class VerbSpec(string name, string summary, string usage, IReadOnlyList<OptionSpec> options, string? positional = null, int minPositional = 0, string? details = null)
+public sealed class VerbSpec(string name, string summary, string usage, IReadOnlyList<OptionSpec> options, string? positional = null, int minPositional = 0, string? details = null, int maxPositional = int.MaxValue)
 {
     public string Name { get; } = name;
     public string Summary { get; } = summary;
@@ -18,6 +18,7 @@ public sealed class VerbSpec(string name, string summary, string usage, IReadOnl
     public IReadOnlyList<OptionSpec> Options { get; } = options;
     public string? Positional { get; } = positional;
     public int MinPositional { get; } = minPositional;
+    public int MaxPositional { get; } = maxPositional;
     public string? Details { get; } = details;
 
     public string Help()
@@ -83,6 +84,8 @@ public sealed class VerbSpec(string name, string summary, string usage, IReadOnl
             throw new UsageException($"'{Name}' takes no positional arguments, got '{positional[0]}'");
         if (positional.Count < MinPositional)
             throw new UsageException($"'{Name}' needs {Positional}");
+        if (positional.Count > MaxPositional)
+            throw new UsageException($"'{Name}' takes {(MaxPositional == 1 ? "one" : MaxPositional.ToString(CultureInfo.InvariantCulture))} {Positional}, got {positional.Count}: {string.Join(' ', positional)}");
         return new ParsedArgs(this, values, positional);
     }
 

@@ -17,8 +17,8 @@ public static class PredictVerb
         new OptionSpec("weights", "F", ".pth/.pth.tar/.safetensors weights; without it the model is randomly initialised"),
         new OptionSpec("num-classes", "N", "classifier width (default: from the weights, else 1000)"),
         new OptionSpec("img-size", "R", "input resolution (default: the weights' or the model's)"),
-        new OptionSpec("crop-pct", "P", "resize the shorter side to floor(R/P), then centre-crop R (default: the model's)"),
-        new OptionSpec("interpolation", "I", "bicubic or bilinear resize (default: the model's)"),
+        CliCommon.CropPctOption,
+        CliCommon.InterpolationOption,
         new OptionSpec("top", "K", "how many classes to show", "5"),
         new OptionSpec("json", null, "JSON Lines, one object per image"),
         new OptionSpec("logits", null, "include the raw logits (with --json)"),
@@ -43,17 +43,7 @@ public static class PredictVerb
         CliCommon.PrintReport(loaded.Report, io);
         if (loaded.Report is null) io.Err.WriteLine($"note: no --weights given; {loaded.Name} is randomly initialised");
         var info = Models.ModelRegistry.Get(loaded.Name);
-        string interp = a.String("interpolation") ?? info.Defaults.Interpolation;
-        var transform = new EvalTransform(new EvalTransformOptions(
-            ImgSize: model.Options.ImgSize,
-            CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? info.Defaults.CropPct,
-            Interpolation: interp switch
-            {
-                "bicubic" => Interpolation.Bicubic,
-                "bilinear" => Interpolation.Bilinear,
-                _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{interp}'"),
-            },
-            Mean: info.Defaults.Mean, Std: info.Defaults.Std));
+        var transform = CliCommon.EvalTransformFor(a, info, model.Options.ImgSize);
         model.to(device);
         model.eval();
         var names = loaded.Metadata?.ClassNames;

@@ -9,6 +9,7 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        VisualizeVerb.Verb,
     ];
 
     public static string Overview()
