@@ -10,6 +10,7 @@ public static class Verbs
         PredictVerb.Verb,
         ConvertVerb.Verb,
         VisualizeVerb.Verb,
+        DoctorVerb.Verb,
     ];
 
     public static string Overview()

@@ -34,6 +34,8 @@ public static class Drawing
 
     private static SKTypeface? FindTypeface()
     {
+        foreach (var family in new[] { "DejaVu Sans", "Liberation Sans", "Arial", "Helvetica" })
+            if (SKFontManager.Default.MatchFamily(family) is { GlyphCount: > 0 } t) return t;
         var fallback = SKTypeface.Default;
         if (fallback is not null && fallback.GlyphCount > 0) return fallback;
         string[] candidates =
@@ -43,7 +45,7 @@ public static class Drawing
             "/usr/share/fonts/TTF/DejaVuSans.ttf",
         ];
         foreach (var path in candidates)
-            if (File.Exists(path) && SKTypeface.FromFile(path) is { GlyphCount: > 0 } t) return t;
+            if (File.Exists(path) && SKTypeface.FromFile(path) is { GlyphCount: > 0 } f) return f;
         return null;
     }
 
