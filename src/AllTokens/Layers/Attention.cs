@@ -39,6 +39,13 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         RegisterComponents();
     }
 
+    /// <summary>
+    /// Use libtorch's fused scaled_dot_product_attention when the probabilities are not wanted (default). Same maths
+    /// as the explicit path within float rounding; <c>ALLTOKENS_ATTENTION=explicit</c> turns it off for comparisons.
+    /// </summary>
+    public static bool UseFused { get; set; } =
+        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_ATTENTION"), "explicit", StringComparison.OrdinalIgnoreCase);
+
     public Linear Qkv => qkv;
     public Linear Proj => proj;
 
@@ -52,6 +59,18 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         var q = qkvOut[0];
         var k = qkvOut[1];
         var v = qkvOut[2];
+        if (UseFused && !captureAttention)
+        {
+            // SDPA scales by head_dim^-0.5 itself; fold any other scale into q.
+            double hd = c / NumHeads, extra = Scale * Math.Sqrt(hd);
+            var qs = Math.Abs(extra - 1.0) < 1e-12 ? q : q * extra;
+            double p = training ? attn_drop.p : 0.0;
+            var fused = nn.functional.scaled_dot_product_attention(qs, k, v, p: p).transpose(1, 2).reshape(b, n, c);
+            attention = null;
+            var yf = proj.call(fused);
+            if (se_layer is not null) yf = se_layer.call(yf);
+            return proj_drop.call(yf);
+        }
         var attn = ScaleQueryFirst
             ? (q * Scale).matmul(k.transpose(-2, -1)).softmax(-1)
             : (q.matmul(k.transpose(-2, -1)) * Scale).softmax(-1); // [B, H, N, N]
