@@ -9,6 +9,8 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        EvalVerb.Verb,
+        BenchVerb.Verb,
     ];
 
     public static string Overview()

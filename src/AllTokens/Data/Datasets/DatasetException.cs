@@ -1,8 +1,8 @@
 namespace AllTokens.Data.Datasets;
 
 /// <summary>A dataset that cannot be opened or read: missing files, a wrong format, truncated data, a bad label.
-/// The message names the file and the problem.</summary>
-public sealed class DatasetException : Exception
+/// The message names the file and the problem. An <see cref="IOException"/> so that callers treating unreadable input alike catch it.</summary>
+public sealed class DatasetException : IOException
 {
     public DatasetException(string message, Exception? inner = null) : base(message, inner) { }
 }
