@@ -20,6 +20,9 @@ public sealed record RandAugmentOptions(int NumOps = 2, double Magnitude = 10, d
     /// <summary>Fraction of the image side that a magnitude-10 translate moves (timm's <c>translate_pct</c>).</summary>
     public double TranslatePct { get; init; } = 0.45;
 
+    /// <summary>The ops to choose from; null means all 15 (timm's list). Handy to study one family of ops.</summary>
+    public IReadOnlyList<RandAugmentOp>? Ops { get; init; }
+
     /// <summary>Parses a timm RandAugment string (<c>rand-m9-mstd0.5-inc1</c>, <c>rand-n3-m9</c>, …).</summary>
     public static RandAugmentOptions Parse(string config)
     {
@@ -96,7 +99,8 @@ public sealed class RandAugment
     {
         for (int k = 0; k < Options.NumOps; k++)
         {
-            var op = AllOps[rng.NextInt(0, AllOps.Count - 1)];
+            var ops = Options.Ops ?? AllOps;
+            var op = ops[rng.NextInt(0, ops.Count - 1)];
             if (rng.NextDouble() > 0.5) continue; // timm: `if random.random() > prob: return img`
             double magnitude = Options.Magnitude;
             if (Options.MagnitudeStd > 0) magnitude = rng.Gaussian(magnitude, Options.MagnitudeStd);

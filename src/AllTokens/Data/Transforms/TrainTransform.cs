@@ -26,6 +26,8 @@ public sealed record TrainTransformOptions
     public double HFlip { get; init; } = 0.5;
     /// <summary>timm RandAugment string, or null for none.</summary>
     public string? AutoAugment { get; init; } = "rand-m9-mstd0.5-inc1";
+    /// <summary>Restricts RandAugment to these ops (null = all 15).</summary>
+    public IReadOnlyList<RandAugmentOp>? RandAugmentOps { get; init; }
     /// <summary>ColorJitter strength for brightness, contrast and saturation; used only when <see cref="AutoAugment"/> is null (as timm).</summary>
     public double? ColorJitter { get; init; } = 0.4;
     /// <summary>RandomErasing probability (0 disables it).</summary>
@@ -97,7 +99,7 @@ public sealed class TrainTransform : ISampleTransform
                 TrainInterpolation.Bicubic => Interpolation.Bicubic,
                 _ => null,
             };
-            randAugment = new RandAugment(RandAugmentOptions.Parse(aa), RandAugment.FillFromMean(Options.Mean), resample);
+            randAugment = new RandAugment(RandAugmentOptions.Parse(aa) with { Ops = options.RandAugmentOps }, RandAugment.FillFromMean(Options.Mean), resample);
         }
         else if (options.ColorJitter is > 0 and double cj)
         {
