@@ -50,8 +50,11 @@ public static class EvalVerb
         IImageDataset dataset = DatasetFactory.Open(data, split);
         if (subset is int n) dataset = Subset.Balanced(dataset, n, seed: 0);
         string? weights = a.String("weights");
+        int? numClasses = a.Int("num-classes", 1, 1_000_000);
+        if (numClasses is int nc && nc != dataset.ClassNames.Count)
+            throw new UsageException($"--num-classes {nc} does not match the {dataset.ClassNames.Count} classes of {dataset.Source}");
         var loaded = ModelWeights.Load(new ModelRequest(a.String("model"), weights,
-            a.Int("num-classes", 1, 1_000_000) ?? (weights is null ? dataset.ClassNames.Count : null),
+            numClasses ?? (weights is null ? dataset.ClassNames.Count : null),
             a.Int("img-size", 16, 8192), AllowMismatch: a.Flag("allow-mismatch"), PreferEma: a.Flag("ema")));
         using var model = loaded.Model;
         CliCommon.PrintReport(loaded.Report, io);

@@ -98,7 +98,7 @@ public sealed class EvalVerbTests : IDisposable
         Assert.Contains("no such folder", err);
         (code, _, err) = Run("eval", "--model", "lvvit_t", "--num-classes", "5", "--img-size", "32", "--data", root);
         Assert.Equal(2, code);
-        Assert.Contains("5 classes", err);
+        Assert.Contains("--num-classes 5 does not match the 3 classes", err);
         (code, _, err) = Run("eval", "--model", "lvvit_t", "--data", root, "--split", "test");
         Assert.Equal(2, code);
         Assert.Contains("--split must be one of train, val", err);

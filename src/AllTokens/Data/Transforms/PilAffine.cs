@@ -15,7 +15,7 @@ public static class PilAffine
             throw new NotSupportedException("affine transforms support bilinear and bicubic resampling only");
         int w = image.Width, h = image.Height;
         var dst = new byte[w * h * 3];
-        Span<byte> px = stackalloc byte[3];
+        bool bicubic = resample == Interpolation.Bicubic;
         for (int y = 0; y < h; y++)
         {
             for (int x = 0; x < w; x++)
@@ -24,18 +24,19 @@ public static class PilAffine
                 double xin = m.A * xc + m.B * yc + m.C;
                 double yin = m.D * xc + m.E * yc + m.F;
                 int o = (y * w + x) * 3;
-                bool inside = resample == Interpolation.Bilinear ? Bilinear(image, xin, yin, px) : Bicubic(image, xin, yin, px);
-                if (inside)
-                {
-                    dst[o] = px[0];
-                    dst[o + 1] = px[1];
-                    dst[o + 2] = px[2];
-                }
-                else
+                if (xin < 0.0 || xin >= w || yin < 0.0 || yin >= h)
                 {
                     dst[o] = fill.R;
                     dst[o + 1] = fill.G;
                     dst[o + 2] = fill.B;
+                }
+                else if (bicubic)
+                {
+                    Bicubic(image, xin, yin, dst, o);
+                }
+                else
+                {
+                    Bilinear(image, xin, yin, dst, o);
                 }
             }
         }
@@ -72,27 +73,28 @@ public static class PilAffine
 
     private static int Floor(double v) => v < 0.0 ? (int)Math.Floor(v) : (int)v;
 
-    private static bool Bilinear(RgbImage im, double xin, double yin, Span<byte> output)
+    private static int Clip(int v, int size) => v < 0 ? 0 : v < size ? v : size - 1;
+
+    // The centre (xin, yin) is inside the image. libImaging reads row y clamped and, for each later row outside the
+    // image, repeats the value of the row before it; substituting that row's index gives the same doubles.
+    private static void Bilinear(RgbImage im, double xin, double yin, byte[] dst, int o)
     {
-        int w = im.Width, h = im.Height;
-        if (xin < 0.0 || xin >= w || yin < 0.0 || yin >= h) return false;
+        int w = im.Width, h = im.Height, stride = w * 3;
         xin -= 0.5;
         yin -= 0.5;
         int x = Floor(xin), y = Floor(yin);
         double dx = xin - x, dy = yin - y;
         byte[] p = im.Pixels;
-        int x0 = Math.Clamp(x, 0, w - 1) * 3, x1 = Math.Clamp(x + 1, 0, w - 1) * 3;
-        int r0 = Math.Clamp(y, 0, h - 1) * w * 3;
-        bool hasR1 = y + 1 >= 0 && y + 1 < h;
-        int r1 = (y + 1) * w * 3;
+        int x0 = Clip(x, w) * 3, x1 = Clip(x + 1, w) * 3;
+        int r0 = Clip(y, h) * stride;
+        int r1 = y + 1 >= 0 && y + 1 < h ? (y + 1) * stride : r0;
         for (int c = 0; c < 3; c++)
         {
             double v1 = p[r0 + x0 + c] + (p[r0 + x1 + c] - (double)p[r0 + x0 + c]) * dx;
-            double v2 = hasR1 ? p[r1 + x0 + c] + (p[r1 + x1 + c] - (double)p[r1 + x0 + c]) * dx : v1;
+            double v2 = p[r1 + x0 + c] + (p[r1 + x1 + c] - (double)p[r1 + x0 + c]) * dx;
             double v = v1 + (v2 - v1) * dy;
-            output[c] = (byte)v;
+            dst[o + c] = (byte)v;
         }
-        return true;
     }
 
     private static double Cubic(double v1, double v2, double v3, double v4, double d)
@@ -104,10 +106,9 @@ public static class PilAffine
         return p1 + d * (p2 + d * (p3 + d * p4));
     }
 
-    private static bool Bicubic(RgbImage im, double xin, double yin, Span<byte> output)
+    private static void Bicubic(RgbImage im, double xin, double yin, byte[] dst, int o)
     {
-        int w = im.Width, h = im.Height;
-        if (xin < 0.0 || xin >= w || yin < 0.0 || yin >= h) return false;
+        int w = im.Width, h = im.Height, stride = w * 3;
         xin -= 0.5;
         yin -= 0.5;
         int x = Floor(xin), y = Floor(yin);
@@ -115,33 +116,19 @@ public static class PilAffine
         x--;
         y--;
         byte[] p = im.Pixels;
-        Span<int> xs = [Math.Clamp(x, 0, w - 1) * 3, Math.Clamp(x + 1, 0, w - 1) * 3, Math.Clamp(x + 2, 0, w - 1) * 3, Math.Clamp(x + 3, 0, w - 1) * 3];
+        int x0 = Clip(x, w) * 3, x1 = Clip(x + 1, w) * 3, x2 = Clip(x + 2, w) * 3, x3 = Clip(x + 3, w) * 3;
+        int r0 = Clip(y, h) * stride;
+        int r1 = y + 1 >= 0 && y + 1 < h ? (y + 1) * stride : r0;
+        int r2 = y + 2 >= 0 && y + 2 < h ? (y + 2) * stride : r1;
+        int r3 = y + 3 >= 0 && y + 3 < h ? (y + 3) * stride : r2;
         for (int c = 0; c < 3; c++)
         {
-            // Row y is clamped; each later row outside the image repeats the row value before it (libImaging's BICUBIC_BODY).
-            int r = Math.Clamp(y, 0, h - 1) * w * 3 + c;
-            double v1 = Cubic(p[r + xs[0]], p[r + xs[1]], p[r + xs[2]], p[r + xs[3]], dx);
-            double v2 = v1, v3, v4;
-            if (y + 1 >= 0 && y + 1 < h)
-            {
-                r = (y + 1) * w * 3 + c;
-                v2 = Cubic(p[r + xs[0]], p[r + xs[1]], p[r + xs[2]], p[r + xs[3]], dx);
-            }
-            v3 = v2;
-            if (y + 2 >= 0 && y + 2 < h)
-            {
-                r = (y + 2) * w * 3 + c;
-                v3 = Cubic(p[r + xs[0]], p[r + xs[1]], p[r + xs[2]], p[r + xs[3]], dx);
-            }
-            v4 = v3;
-            if (y + 3 >= 0 && y + 3 < h)
-            {
-                r = (y + 3) * w * 3 + c;
-                v4 = Cubic(p[r + xs[0]], p[r + xs[1]], p[r + xs[2]], p[r + xs[3]], dx);
-            }
+            double v1 = Cubic(p[r0 + x0 + c], p[r0 + x1 + c], p[r0 + x2 + c], p[r0 + x3 + c], dx);
+            double v2 = Cubic(p[r1 + x0 + c], p[r1 + x1 + c], p[r1 + x2 + c], p[r1 + x3 + c], dx);
+            double v3 = Cubic(p[r2 + x0 + c], p[r2 + x1 + c], p[r2 + x2 + c], p[r2 + x3 + c], dx);
+            double v4 = Cubic(p[r3 + x0 + c], p[r3 + x1 + c], p[r3 + x2 + c], p[r3 + x3 + c], dx);
             double v = Cubic(v1, v2, v3, v4, dy);
-            output[c] = v <= 0.0 ? (byte)0 : v >= 255.0 ? (byte)255 : (byte)v;
+            dst[o + c] = v <= 0.0 ? (byte)0 : v >= 255.0 ? (byte)255 : (byte)v;
         }
-        return true;
     }
 }
