@@ -9,6 +9,8 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        EvalVerb.Verb,
+        BenchVerb.Verb,
         VisualizeVerb.Verb,
         DoctorVerb.Verb,
     ];
