@@ -32,7 +32,7 @@ public sealed class MetricsLog : IDisposable
                     continue; // a line cut short by a kill
                 }
                 if (o is null) continue;
-                long step = o["step"]?.GetValue<long>() ?? 0;
+                long step = (long)(ToDouble(o["step"]) ?? 0);
                 if (step <= keepUpToStep) records.Add(o);
             }
             AtomicFile.WriteAllText(path, string.Concat(records.Select(r => r.ToJsonString() + "\n")));
@@ -54,6 +54,10 @@ public sealed class MetricsLog : IDisposable
     }
 
     public void Dispose() => writer.Dispose();
+
+    /// <summary>A JSON number node as a double (ints included); null for missing or non-numbers.</summary>
+    public static double? ToDouble(JsonNode? node) =>
+        node is JsonValue v && double.TryParse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : null;
 
     /// <summary>A double as a JSON number rounded to 6 significant digits (NaN/∞ as null).</summary>
     public static JsonNode? Num(double v) => double.IsFinite(v) ? JsonValue.Create(double.Parse(v.ToString("G6", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture)) : null;

@@ -20,7 +20,8 @@ public static class Plots
         // x axis: epochs (fractional for step records).
         PlotSeries S(string name, IEnumerable<JsonObject> rs, string xKey, string yKey, int color)
         {
-            var pts = rs.Where(r => r[yKey] is not null && r[xKey] is not null).Select(r => (x: r[xKey]!.GetValue<double>(), y: r[yKey]!.GetValue<double>())).ToList();
+            var pts = rs.Select(r => (x: MetricsLog.ToDouble(r[xKey]), y: MetricsLog.ToDouble(r[yKey]))).Where(p => p.x is not null && p.y is not null)
+                .Select(p => (x: p.x!.Value, y: p.y!.Value)).ToList();
             return new PlotSeries(name, pts.Select(p => p.x).ToList(), pts.Select(p => p.y).ToList(), Palette[color % Palette.Length]);
         }
         Save(Path.Combine(dir, "loss.png"), "loss", "epoch",

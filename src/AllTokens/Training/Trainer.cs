@@ -146,6 +146,8 @@ public sealed class Trainer : IDisposable
         for (; epoch < schedule.TotalEpochs; epoch++, batchInEpoch = 0)
         {
             model.train();
+            logWindow.Restart();
+            logImages = 0;
             int groupStart = batchInEpoch, groupSize = 0, groupTarget = GroupSize(batchInEpoch, bpe);
             foreach (var batch in train.Epoch(epoch, batchInEpoch))
             {
@@ -240,7 +242,7 @@ public sealed class Trainer : IDisposable
             metrics.Write(record);
             Plots.WriteAll(run.RunDir, metrics.Records);
             progress?.Report(new TrainProgress(TrainProgressKind.Epoch, epoch, schedule.TotalEpochs, bpe, bpe, globalStep,
-                record["train_loss"]?.GetValue<double>() ?? double.NaN, record["lr"]?.GetValue<double>() ?? 0, 0,
+                MetricsLog.ToDouble(record["train_loss"]) ?? double.NaN, MetricsLog.ToDouble(record["lr"]) ?? 0, 0,
                 TimeSpan.FromSeconds(stepsThisSession == 0 ? 0 : clock.Elapsed.TotalSeconds / stepsThisSession * Math.Max(0, totalSteps - globalStep)), Record: record));
         }
         return new TrainResult(run.RunDir, epoch, globalStep, lastEval, lastEma, bestMetric, bestEpoch);
