@@ -36,7 +36,8 @@ public sealed class OptimGroup(string name, IReadOnlyList<OptimParam> parameters
 /// <param name="WeightDecay">Decay for ≥2-D weights; 1-D tensors, <c>*.bias</c> and the model's no-decay names get 0.</param>
 /// <param name="TransferRatio">When set, every parameter outside the classifier trains at lr × ratio (T2T_VIT.md §6.1).</param>
 /// <param name="Freeze">Name prefixes left out of the optimizer and frozen (requires_grad off).</param>
-public sealed record GroupOptions(double WeightDecay, double? TransferRatio = null, IReadOnlyList<string>? Freeze = null);
+/// <param name="FilterBiasAndBn">False puts every parameter under <paramref name="WeightDecay"/> (plain torch param groups).</param>
+public sealed record GroupOptions(double WeightDecay, double? TransferRatio = null, IReadOnlyList<string>? Freeze = null, bool FilterBiasAndBn = true);
 
 /// <summary>timm 0.4 <c>add_weight_decay</c> with the model's <c>no_weight_decay()</c> (LVVIT.md §8.1, T2T_VIT.md §5.1).</summary>
 public static class ParameterGroups
@@ -61,7 +62,7 @@ public static class ParameterGroups
             if (freeze.Any(f => name == f || name.StartsWith(f.EndsWith('.') ? f : f + ".", StringComparison.Ordinal))) continue;
             if (!p.requires_grad) continue;
             bool isHead = options.TransferRatio is not null && head.Any(h => name.StartsWith(h, StringComparison.Ordinal));
-            bool noDecay = options.WeightDecay == 0 || IsNoDecay(name, p.shape, noDecayNames);
+            bool noDecay = options.WeightDecay == 0 || (options.FilterBiasAndBn && IsNoDecay(name, p.shape, noDecayNames));
             var key = (isHead, noDecay);
             if (!buckets.TryGetValue(key, out var list)) buckets[key] = list = [];
             list.Add(new OptimParam(name, p));

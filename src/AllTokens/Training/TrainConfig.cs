@@ -64,6 +64,8 @@ public sealed class TrainConfig
     public double Momentum { get; set; } = 0.9;
     public bool Nesterov { get; set; }
     public double WeightDecay { get; set; } = 0.05;
+    /// <summary>timm's filter_bias_and_bn: no decay for 1-D tensors, biases and the model's list; false decays everything (torch SGD in the T2T transfer script).</summary>
+    public bool FilterBiasAndBn { get; set; } = true;
     /// <summary>Clip gradients to this global L2 norm; null = off.</summary>
     public double? ClipGrad { get; set; }
     /// <summary>Backbone lr multiplier (head keeps the full lr); null = one lr for all (T2T_VIT.md §6.1).</summary>

@@ -108,7 +108,7 @@ public sealed class Trainer : IDisposable
         // Grouping is decided on the model's parameters; the groups then hold the tensors the optimizer updates (masters in bf16 mode).
         var canonical = trainable.ToDictionary(e => e.Name, e => e.Canonical, StringComparer.Ordinal);
         var groups = ParameterGroups.Build(model, trainable.Select(e => KeyValuePair.Create(e.Name, e.ModelTensor)).ToList(),
-                new GroupOptions(config.WeightDecay, config.TransferRatio, config.Freeze))
+                new GroupOptions(config.WeightDecay, config.TransferRatio, config.Freeze, config.FilterBiasAndBn))
             .Select(g => new OptimGroup(g.Name, g.Params.Select(p => new OptimParam(p.Name, canonical[p.Name])).ToList(), g.WeightDecay, g.LrScale)).ToList();
         optimizer = config.Opt == "sgd"
             ? new Sgd(groups, config.Momentum, config.Nesterov)
