@@ -100,7 +100,7 @@ public static class Mixup
 
     private static Tensor OneHot(Tensor labels, int numClasses, double on, double off)
     {
-        var t = torch.full(labels.shape[0], numClasses, off, ScalarType.Float32, labels.device);
-        return t.scatter_(1, labels.view(-1, 1).to(ScalarType.Int64), on);
+        var hot = nn.functional.one_hot(labels.to(ScalarType.Int64), numClasses).to(ScalarType.Float32);
+        return hot.mul_(on - off).add_(off);
     }
 }

@@ -99,8 +99,8 @@ public sealed class OptimizerTests
             StepOnce(a, kind, k);
             StepOnce(b, kind, k);
         }
-        Assert.True(wa.equal(wb).item<bool>());
-        Assert.True(ba.equal(bb).item<bool>());
+        Assert.Equal(wa.data<float>().ToArray(), wb.data<float>().ToArray());
+        Assert.Equal(ba.data<float>().ToArray(), bb.data<float>().ToArray());
         foreach (var t in saved.Values) t.Dispose();
         foreach (var d in new IDisposable[] { a, b, wa, ba, wb, bb }) d.Dispose();
     }
