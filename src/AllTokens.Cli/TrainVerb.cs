@@ -49,6 +49,18 @@ public static class TrainVerb
 
     private static int Run(ParsedArgs a, Console2 io)
     {
+        try
+        {
+            return RunChecked(a, io);
+        }
+        catch (RecipeException e)
+        {
+            throw new UsageException(e.Message); // a bad recipe key or value is a usage error (exit 2)
+        }
+    }
+
+    private static int RunChecked(ParsedArgs a, Console2 io)
+    {
         if (a.Flag("keys"))
         {
             var defaults = new TrainConfig();

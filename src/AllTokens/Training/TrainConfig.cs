@@ -160,7 +160,10 @@ public sealed class TrainConfig
         var k = Keys.FirstOrDefault(k => k.Name == key);
         if (k is not null) return k;
         string norm = key.Replace('-', '_').ToLowerInvariant();
-        var close = Keys.Select(k => (k.Name, d: Distance(norm, k.Name))).Where(x => x.d <= Math.Max(2, norm.Length / 3) || (norm.Length >= 3 && x.Name.Contains(norm, StringComparison.Ordinal)))
+        // Close by edit distance, by the same words in another order (lr_min → min_lr), or by containing the query.
+        static string Words(string k) => string.Join('_', k.Split('_').Order(StringComparer.Ordinal));
+        var close = Keys.Select(k => (k.Name, d: Words(k.Name) == Words(norm) ? 0 : Distance(norm, k.Name)))
+            .Where(x => x.d <= Math.Max(2, norm.Length / 3) || (norm.Length >= 3 && x.Name.Contains(norm, StringComparison.Ordinal)))
             .OrderBy(x => x.d).Take(3).Select(x => x.Name).ToList();
         throw new RecipeException($"{where}: unknown key '{key}'" + (close.Count > 0 ? $"; did you mean {string.Join(" or ", close.Select(c => $"'{c}'"))}?" : "") +
                                   " (`alltokens train --help-recipe` lists every key)");
