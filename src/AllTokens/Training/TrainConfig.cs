@@ -166,7 +166,7 @@ public sealed class TrainConfig
             .Where(x => x.d <= Math.Max(2, norm.Length / 3) || (norm.Length >= 3 && x.Name.Contains(norm, StringComparison.Ordinal)))
             .OrderBy(x => x.d).Take(3).Select(x => x.Name).ToList();
         throw new RecipeException($"{where}: unknown key '{key}'" + (close.Count > 0 ? $"; did you mean {string.Join(" or ", close.Select(c => $"'{c}'"))}?" : "") +
-                                  " (`alltokens train --help-recipe` lists every key)");
+                                  " (`alltokens train --keys` lists every key)");
     }
 
     /// <summary>Sets <paramref name="key"/> from text (a flag value); lists as comma-separated values or [a, b].</summary>
@@ -174,6 +174,11 @@ public sealed class TrainConfig
     {
         var k = Find(key, where);
         string v = value.Trim();
+        if (k.Type.IsArray && v is "null" or "~" && IsNullableRef(k.Property))
+        {
+            k.Property.SetValue(this, null);
+            return;
+        }
         if (k.Type.IsArray && v.StartsWith('[') && v.EndsWith(']')) v = v[1..^1];
         object? parsed = k.Type.IsArray
             ? ParseList(k, v.Length == 0 ? [] : v.Split(',').Select(s => s.Trim()).ToList(), where)
