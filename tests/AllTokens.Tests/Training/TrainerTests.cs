@@ -248,6 +248,17 @@ public sealed class TrainerTests : IDisposable
     }
 
     [Fact]
+    public void Bf16IsRefusedForPerformerModelsInsteadOfAborting()
+    {
+        var c = TinyConfig();
+        c.Bf16 = true;
+        var (model, train, val) = Tiny(c, images: 16);
+        using var _m = model;
+        var e = Assert.Throws<NotSupportedException>(() => new Trainer(c, new ClassificationTask(model), train, val, new RunInfo(Path.Combine(dir, "bfp"), c.Model!)));
+        Assert.Contains("bf16", e.Message);
+    }
+
+    [Fact]
     public void BenchmarkReportsThroughput()
     {
         torch.manual_seed(0);
