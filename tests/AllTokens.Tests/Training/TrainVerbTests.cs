@@ -128,6 +128,12 @@ public sealed class TrainVerbTests : IDisposable
         var (code, _, err) = Run(Base(data, Path.Combine(dir, "ft"), "--init-from", weights));
         Assert.True(code == 0, err);
         Assert.Contains("head dropped: checkpoint has 3 classes, model 10", err);
+        // A new resolution: the position embedding is resampled (2×2 grid → 3×3).
+        var args = Base(data, Path.Combine(dir, "ft48"), "--init-from", weights);
+        args[Array.IndexOf(args, "--img-size") + 1] = "48";
+        (code, _, err) = Run(args);
+        Assert.True(code == 0, err);
+        Assert.Contains("pos_embed resized [1,5,256] → [1,10,256]", err);
         (code, _, err) = Run(BaseFor("t2t_vit_10", data, Path.Combine(dir, "ft2"), "--init-from", weights));
         Assert.Equal(1, code);
         Assert.Contains("weights do not fit", err);
