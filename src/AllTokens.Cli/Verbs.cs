@@ -9,6 +9,7 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        TrainVerb.Verb,
         EvalVerb.Verb,
         BenchVerb.Verb,
         VisualizeVerb.Verb,

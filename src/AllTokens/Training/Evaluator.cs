@@ -1,0 +1,59 @@
+using AllTokens.Data;
+using AllTokens.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Training;
+
+/// <summary>Validation figures, timm-style: accuracies in percent, mean cross-entropy per image.</summary>
+public sealed record EvalResult(double Top1, double Top5, double Loss, int Count);
+
+/// <summary>A small evaluator over an <see cref="IBatchSource"/>: eval forward without gradients, plain CE (T2T_VIT.md §5.1).</summary>
+public static class Evaluator
+{
+    /// <summary>Evaluates <paramref name="model"/> on epoch 0 of <paramref name="source"/>; the model's train/eval mode is restored.</summary>
+    public static EvalResult Run(ImageClassifier model, IBatchSource source, Device? device = null, ScalarType dtype = ScalarType.Float32, CancellationToken cancel = default)
+    {
+        bool wasTraining = model.training;
+        model.eval();
+        double lossSum = 0;
+        long top1 = 0, top5 = 0;
+        int count = 0;
+        try
+        {
+            using var noGrad = torch.no_grad();
+            foreach (var batch in source.Epoch(0))
+            {
+                using var scope = torch.NewDisposeScope();
+                using var b = batch;
+                cancel.ThrowIfCancellationRequested();
+                var x = b.Images.to(dtype, device ?? b.Images.device);
+                var y = b.Labels.to(device ?? b.Labels.device);
+                var logits = model.call(x).to(ScalarType.Float32);
+                lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+                var (c1, c5) = TopK(logits, y);
+                top1 += c1;
+                top5 += c5;
+                count += b.Size;
+            }
+        }
+        finally
+        {
+            model.train(wasTraining);
+        }
+        if (count == 0) throw new InvalidOperationException($"{source.Dataset.Source}: the validation set yielded no batches");
+        return new EvalResult(100.0 * top1 / count, 100.0 * top5 / count, lossSum / count, count);
+    }
+
+    /// <summary>Number of rows whose label is the arg-max, and among the 5 largest logits (fewer classes: all).</summary>
+    public static (long Top1, long Top5) TopK(Tensor logits, Tensor labels)
+    {
+        using var scope = torch.NewDisposeScope();
+        int k = (int)Math.Min(5, logits.shape[1]);
+        var idx = logits.topk(k, 1).indexes; // [B, k]
+        var hit = idx.eq(labels.view(-1, 1));
+        long t1 = hit[.., 0].sum().item<long>();
+        long t5 = hit.any(1).sum().item<long>();
+        return (t1, t5);
+    }
+}

@@ -1,0 +1,119 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace AllTokens.Training;
+
+/// <summary>
+/// <c>metrics.jsonl</c>: one JSON object per line, <c>"kind": "step"</c> every log interval and <c>"kind": "epoch"</c>
+/// after each epoch. Lines are flushed as written; a resume drops lines past the checkpoint's step.
+/// </summary>
+public sealed class MetricsLog : IDisposable
+{
+    private readonly StreamWriter writer;
+    private readonly List<JsonObject> records = [];
+
+    public MetricsLog(string path, long keepUpToStep)
+    {
+        Path = path;
+        if (File.Exists(path))
+        {
+            foreach (var line in File.ReadLines(path))
+            {
+                if (string.IsNullOrWhiteSpace(line)) continue;
+                JsonObject? o;
+                try
+                {
+                    o = JsonNode.Parse(line) as JsonObject;
+                }
+                catch (JsonException)
+                {
+                    continue; // a line cut short by a kill
+                }
+                if (o is null) continue;
+                long step = (long)(ToDouble(o["step"]) ?? 0);
+                if (step <= keepUpToStep) records.Add(o);
+            }
+            AtomicFile.WriteAllText(path, string.Concat(records.Select(r => r.ToJsonString() + "\n")));
+        }
+        writer = new StreamWriter(new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.Read), new UTF8Encoding(false));
+    }
+
+    public string Path { get; }
+
+    /// <summary>All records so far (including those kept from before a resume).</summary>
+    public IReadOnlyList<JsonObject> Records => records;
+
+    public void Write(JsonObject record)
+    {
+        records.Add(record);
+        writer.Write(record.ToJsonString());
+        writer.Write('\n');
+        writer.Flush();
+    }
+
+    public void Dispose() => writer.Dispose();
+
+    /// <summary>A JSON number node as a double (ints included); null for missing or non-numbers.</summary>
+    public static double? ToDouble(JsonNode? node) =>
+        node is JsonValue v && double.TryParse(v.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : null;
+
+    /// <summary>A double as a JSON number rounded to 6 significant digits (NaN/∞ as null).</summary>
+    public static JsonNode? Num(double v) => double.IsFinite(v) ? JsonValue.Create(double.Parse(v.ToString("G6", CultureInfo.InvariantCulture), CultureInfo.InvariantCulture)) : null;
+}
+
+/// <summary>Crash-safe file writes: temp file in the same folder, flush to disk, rename over the target.</summary>
+public static class AtomicFile
+{
+    public static void WriteAllBytes(string path, ReadOnlySpan<byte> data)
+    {
+        var full = System.IO.Path.GetFullPath(path);
+        var tmp = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(full) ?? ".", $".{System.IO.Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                fs.Write(data);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, full, overwrite: true);
+        }
+        catch
+        {
+            try
+            {
+                File.Delete(tmp);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // best effort; the original error matters more
+            }
+            throw;
+        }
+    }
+
+    public static void WriteAllText(string path, string text) => WriteAllBytes(path, new UTF8Encoding(false).GetBytes(text));
+
+    /// <summary>Copies <paramref name="source"/> to <paramref name="dest"/> atomically.</summary>
+    public static void Copy(string source, string dest)
+    {
+        var full = System.IO.Path.GetFullPath(dest);
+        var tmp = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(full) ?? ".", $".{System.IO.Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var src = File.OpenRead(source))
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                src.CopyTo(fs);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, full, overwrite: true);
+        }
+        catch
+        {
+            if (File.Exists(tmp)) File.Delete(tmp);
+            throw;
+        }
+    }
+}

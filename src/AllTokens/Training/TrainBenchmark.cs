@@ -1,0 +1,117 @@
+using System.Diagnostics;
+using System.Globalization;
+using AllTokens.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Training;
+
+/// <summary>Throughput figures of <see cref="TrainBenchmark"/>.</summary>
+/// <param name="PeakRssBytes">VmHWM of this process (Linux), or 0 where /proc is missing.</param>
+public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferImagesPerSecond, double MedianTrainStepSeconds,
+    double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16);
+
+/// <summary>
+/// Synthetic-data throughput: a train step is forward + loss + backward + AdamW step through the given task; inference
+/// is the eval forward without gradients. Warmup steps are not timed.
+/// </summary>
+public static class TrainBenchmark
+{
+    public static BenchmarkResult Run(ITrainTask task, int batch, int resolution, int steps, int warmup, bool bf16 = false, Device? device = null)
+    {
+        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        var model = task.Model;
+        var dev = device ?? torch.CPU;
+        var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        model.to(dev);
+        var masters = new List<(Tensor Model, Tensor Master)>();
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        foreach (var (_, p) in trainable)
+        {
+            var m = p.detach().to(ScalarType.Float32, copy: true);
+            m.DetachFromDisposeScope();
+            masters.Add((p, m));
+        }
+        if (bf16) model.to(dtype);
+        var live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
+        var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(p.name, bf16 ? masters[i].Master : live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+        using var opt = new AdamW([group]);
+        var gen = new Rng(0);
+        int classes = Math.Max(1, model.NumClasses);
+        var trainTimes = new List<double>();
+        var inferTimes = new List<double>();
+        try
+        {
+            model.train();
+            for (int s = 0; s < warmup + steps; s++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
+                var sw = Stopwatch.StartNew();
+                var output = task.Step(b);
+                output.Loss.backward();
+                for (int i = 0; i < group.Params.Count; i++)
+                {
+                    var g = live[i].grad;
+                    group.Params[i].Grad = g is null ? null : g.to(ScalarType.Float32);
+                }
+                opt.Step();
+                model.zero_grad();
+                if (bf16)
+                    using (torch.no_grad())
+                        for (int i = 0; i < live.Count; i++) live[i].copy_(masters[i].Master);
+                _ = output.Loss.item<float>();
+                if (s >= warmup) trainTimes.Add(sw.Elapsed.TotalSeconds);
+            }
+            model.eval();
+            using (torch.no_grad())
+                for (int s = 0; s < warmup + steps; s++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
+                    var sw = Stopwatch.StartNew();
+                    var y = model.call(b.Images);
+                    _ = y.sum().item<float>();
+                    if (s >= warmup) inferTimes.Add(sw.Elapsed.TotalSeconds);
+                }
+        }
+        finally
+        {
+            foreach (var (_, m) in masters) m.Dispose();
+            model.train();
+        }
+        double trainMed = Median(trainTimes), inferMed = Median(inferTimes);
+        return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16);
+    }
+
+    private static Batch SyntheticBatch(int batch, int res, int classes, Rng gen, ScalarType dtype, Device dev)
+    {
+        var labels = Enumerable.Range(0, batch).Select(_ => (long)gen.NextInt(0, classes)).ToArray();
+        return new Batch
+        {
+            Images = torch.randn([batch, 3, res, res], dtype: dtype, device: dev),
+            Labels = torch.tensor(labels, device: dev),
+            Indices = Enumerable.Range(0, batch).ToArray(),
+        };
+    }
+
+    private static double Median(List<double> v)
+    {
+        var s = v.Order().ToList();
+        return s.Count % 2 == 1 ? s[s.Count / 2] : 0.5 * (s[s.Count / 2 - 1] + s[s.Count / 2]);
+    }
+
+    /// <summary>Peak resident set size from /proc/self/status (VmHWM), in bytes; 0 when unavailable.</summary>
+    public static long PeakRss()
+    {
+        const string file = "/proc/self/status";
+        if (!File.Exists(file)) return 0;
+        foreach (var line in File.ReadLines(file))
+        {
+            if (!line.StartsWith("VmHWM:", StringComparison.Ordinal)) continue;
+            var parts = line[6..].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length >= 1 && long.TryParse(parts[0], NumberStyles.Integer, CultureInfo.InvariantCulture, out long kb)) return kb * 1024;
+        }
+        return 0;
+    }
+}

@@ -1,0 +1,430 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using AllTokens.Checkpoints;
+using AllTokens.Data;
+using AllTokens.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Training;
+
+/// <summary>What the trainer reports while it runs (the CLI draws it; the library never writes to the console).</summary>
+public sealed record TrainProgress(TrainProgressKind Kind, int Epoch, int TotalEpochs, int Batch, int BatchesPerEpoch, long GlobalStep,
+    double Loss, double Lr, double ImagesPerSecond, TimeSpan Eta, string? Message = null, JsonObject? Record = null);
+
+public enum TrainProgressKind
+{
+    /// <summary>After an optimizer step.</summary>
+    Step,
+    /// <summary>After an epoch's validation and checkpoint; <see cref="TrainProgress.Record"/> holds its metrics.</summary>
+    Epoch,
+    /// <summary>A note (resume, checkpoint written, weights loaded).</summary>
+    Message,
+}
+
+/// <summary>The loss stopped being a finite number; the run stops and keeps its last good checkpoint.</summary>
+public sealed class NonFiniteLossException(string message) : Exception(message);
+
+/// <summary>How a run ended.</summary>
+public sealed record TrainResult(string RunDir, int EpochsDone, long GlobalStep, EvalResult? LastEval, EvalResult? LastEmaEval, double? BestMetric, int? BestEpoch);
+
+/// <summary>Where a run lives and what it is.</summary>
+/// <param name="RunDir">Run folder: config.yaml, metrics.jsonl, plots, checkpoints/, last/best weights.</param>
+/// <param name="ModelName">Registry name written into checkpoints and exported weights.</param>
+public sealed record RunInfo(string RunDir, string ModelName, IReadOnlyList<string>? ClassNames = null, Device? Device = null);
+
+/// <summary>
+/// The training loop (minGPT-style: knows only <see cref="ITrainTask"/>). Epochs of micro-batches, gradient
+/// accumulation, global-norm clipping, our AdamW/SGD over no-decay groups, timm cosine lr per epoch or per step,
+/// EMA, bf16 compute with fp32 master weights, validation of model and EMA each epoch, metrics.jsonl and plots,
+/// single-file atomic checkpoints (last, best, every N epochs) and exact resume.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    /// <summary>One state-dict entry: the model's tensor and, for parameters in bf16 mode, its fp32 master.</summary>
+    private sealed record Entry(string Name, Tensor ModelTensor, Tensor? Master, bool IsParameter)
+    {
+        public Tensor Canonical => Master ?? ModelTensor;
+    }
+
+    private readonly TrainConfig config;
+    private readonly ITrainTask task;
+    private readonly ImageClassifier model;
+    private readonly IBatchSource train;
+    private readonly IBatchSource? val;
+    private readonly RunInfo run;
+    private readonly IProgress<TrainProgress>? progress;
+    private readonly List<Entry> entries;
+    private readonly Optimizer optimizer;
+    private readonly ModelEma? ema;
+    private readonly LrSchedule schedule;
+    private readonly ScalarType computeType;
+    private readonly Device device;
+
+    private int epoch, batchInEpoch;
+    private long globalStep;
+    private double? bestMetric;
+    private int? bestEpoch;
+    private double epochLossSum;
+    private long epochCorrect, epochImages;
+
+    public Trainer(TrainConfig config, ITrainTask task, IBatchSource train, IBatchSource? val, RunInfo run, IProgress<TrainProgress>? progress = null)
+    {
+        config.Validate("config");
+        this.config = config;
+        this.task = task;
+        this.train = train;
+        this.val = val;
+        this.run = run;
+        this.progress = progress;
+        model = task.Model;
+        device = run.Device ?? torch.CPU;
+        schedule = config.Schedule();
+        computeType = config.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        if (train.BatchesPerEpoch < 1) throw new InvalidOperationException($"{train.Dataset.Source}: no training batches (dataset of {train.Dataset.Count} images, batch {config.BatchSize})");
+
+        if (config.Bf16 && model.modules().Any(m => m is Layers.TokenPerformer))
+            // Its fp32 island (Layers/TokenLayers.cs) meets bf16 weights inside a native Linear that aborts the process
+            // instead of throwing, so refuse up front.
+            throw new NotSupportedException($"{run.ModelName}: bf16 is not supported yet for models with Performer T2T layers; train in fp32 (drop --bf16) or use a t2t_vit_t_* model");
+        model.to(device);
+        foreach (var (name, p) in model.named_parameters())
+            if (ParameterGroups.IsFrozen(name, config.Freeze)) p.requires_grad_(false);
+        var parameterNames = new HashSet<string>(model.named_parameters().Select(kv => kv.name), StringComparer.Ordinal);
+        // Masters are taken before the cast so they keep full fp32 precision.
+        entries = ModuleState.Ordered(model).Select(kv =>
+        {
+            bool isParam = parameterNames.Contains(kv.Key);
+            Tensor? master = null;
+            if (config.Bf16 && isParam)
+            {
+                master = kv.Value.detach().to(ScalarType.Float32, copy: true);
+                master.DetachFromDisposeScope();
+            }
+            return new Entry(kv.Key, kv.Value, master, isParam);
+        }).ToList();
+        if (config.Bf16) model.to(ScalarType.BFloat16);
+        // After a dtype cast TorchSharp may hand back new tensor objects: re-read the model's tensors.
+        var current = ModuleState.Ordered(model).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+        entries = entries.Select(e => e with { ModelTensor = current[e.Name] }).ToList();
+
+        var trainable = entries.Where(e => e.IsParameter && e.ModelTensor.requires_grad).ToList();
+        // Grouping is decided on the model's parameters; the groups then hold the tensors the optimizer updates (masters in bf16 mode).
+        var canonical = trainable.ToDictionary(e => e.Name, e => e.Canonical, StringComparer.Ordinal);
+        var groups = ParameterGroups.Build(model, trainable.Select(e => KeyValuePair.Create(e.Name, e.ModelTensor)).ToList(),
+                new GroupOptions(config.WeightDecay, config.TransferRatio, config.Freeze, config.FilterBiasAndBn))
+            .Select(g => new OptimGroup(g.Name, g.Params.Select(p => new OptimParam(p.Name, canonical[p.Name])).ToList(), g.WeightDecay, g.LrScale)).ToList();
+        optimizer = config.Opt == "sgd"
+            ? new Sgd(groups, config.Momentum, config.Nesterov)
+            : new AdamW(groups, config.OptBetas[0], config.OptBetas[1], config.OptEps);
+        if (config.ModelEma) ema = new ModelEma(CanonicalState(), config.ModelEmaDecay);
+    }
+
+    public Optimizer Optimizer => optimizer;
+    public ModelEma? Ema => ema;
+    public long GlobalStep => globalStep;
+
+    /// <summary>Path of the single-file checkpoint a resume reads.</summary>
+    public static string LastCheckpointPath(string runDir) => Path.Combine(runDir, "checkpoints", "last.ckpt");
+
+    /// <summary>(name, fp32-or-master tensor) over the whole state dict, model order.</summary>
+    private List<KeyValuePair<string, Tensor>> CanonicalState() => entries.Select(e => KeyValuePair.Create(e.Name, e.Canonical)).ToList();
+
+    /// <summary>Trains until the last epoch, or until <paramref name="cancel"/> fires (then stops at once without saving, like a kill).</summary>
+    public TrainResult Run(bool resume = false, CancellationToken cancel = default)
+    {
+        PrepareRunDir(resume);
+        if (resume) Resume();
+        else torch.manual_seed(config.Seed);
+        using var metrics = new MetricsLog(Path.Combine(run.RunDir, "metrics.jsonl"), globalStep);
+        EvalResult? lastEval = null, lastEma = null;
+        var clock = Stopwatch.StartNew();
+        long stepsThisSession = 0;
+        int bpe = train.BatchesPerEpoch;
+        long totalSteps = (long)schedule.TotalEpochs * StepsPerEpoch(bpe);
+        var logWindow = Stopwatch.StartNew();
+        long logImages = 0;
+        double logLoss = 0;
+        int logCount = 0;
+
+        for (; epoch < schedule.TotalEpochs; epoch++, batchInEpoch = 0)
+        {
+            model.train();
+            logWindow.Restart();
+            logImages = 0;
+            int groupStart = batchInEpoch, groupSize = 0, groupTarget = GroupSize(batchInEpoch, bpe);
+            foreach (var batch in train.Epoch(epoch, batchInEpoch))
+            {
+                using var b = batch;
+                cancel.ThrowIfCancellationRequested();
+                if (groupSize == 0) SetLr(schedule.Position(epoch, groupStart, bpe));
+                double lossValue = MicroStep(b, groupTarget);
+                groupSize++;
+                logLoss += lossValue;
+                logCount++;
+                logImages += b.Size;
+                if (groupSize < groupTarget) continue;
+
+                OptimizerStep();
+                globalStep++;
+                stepsThisSession++;
+                batchInEpoch = groupStart + groupSize;
+                groupStart = batchInEpoch;
+                groupSize = 0;
+                groupTarget = GroupSize(batchInEpoch, bpe);
+
+                double lr = optimizer.Groups[0].Lr / optimizer.Groups[0].LrScale;
+                double ips = logImages / Math.Max(1e-9, logWindow.Elapsed.TotalSeconds);
+                var eta = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / stepsThisSession * Math.Max(0, totalSteps - globalStep));
+                if (globalStep % config.LogInterval == 0)
+                {
+                    metrics.Write(new JsonObject
+                    {
+                        ["kind"] = "step", ["epoch"] = epoch, ["step"] = globalStep, ["epoch_pos"] = MetricsLog.Num(epoch + (double)batchInEpoch / bpe),
+                        ["loss"] = MetricsLog.Num(logLoss / logCount), ["lr"] = MetricsLog.Num(lr), ["img_s"] = MetricsLog.Num(ips),
+                        ["time"] = MetricsLog.Num(clock.Elapsed.TotalSeconds),
+                    });
+                }
+                progress?.Report(new TrainProgress(TrainProgressKind.Step, epoch, schedule.TotalEpochs, batchInEpoch, bpe, globalStep, logLoss / logCount, lr, ips, eta));
+                if (globalStep % config.LogInterval == 0)
+                {
+                    logWindow.Restart();
+                    logImages = 0;
+                    logLoss = 0;
+                    logCount = 0;
+                }
+                if (config.SaveEverySteps > 0 && globalStep % config.SaveEverySteps == 0 && batchInEpoch < bpe)
+                    SaveCheckpoint(LastCheckpointPath(run.RunDir));
+                cancel.ThrowIfCancellationRequested();
+            }
+            // An epoch ends: validate, record, checkpoint.
+            var record = new JsonObject
+            {
+                ["kind"] = "epoch", ["epoch"] = epoch, ["epoch_end"] = epoch + 1, ["step"] = globalStep,
+                ["train_loss"] = MetricsLog.Num(epochImages > 0 ? epochLossSum / epochImages : double.NaN),
+                ["train_top1"] = MetricsLog.Num(epochImages > 0 ? 100.0 * epochCorrect / epochImages : double.NaN),
+                ["lr"] = MetricsLog.Num(optimizer.Groups[0].Lr / optimizer.Groups[0].LrScale),
+                ["time"] = MetricsLog.Num(clock.Elapsed.TotalSeconds),
+            };
+            bool evalNow = val is not null && ((epoch + 1) % config.EvalEvery == 0 || epoch + 1 == schedule.TotalEpochs);
+            bool improved = false;
+            if (evalNow)
+            {
+                lastEval = Evaluator.Run(model, val!, device, computeType, cancel);
+                record["val_top1"] = MetricsLog.Num(lastEval.Top1);
+                record["val_top5"] = MetricsLog.Num(lastEval.Top5);
+                record["val_loss"] = MetricsLog.Num(lastEval.Loss);
+                if (ema is not null)
+                {
+                    lastEma = WithWeights(ema.State, () => Evaluator.Run(model, val!, device, computeType, cancel));
+                    record["ema_top1"] = MetricsLog.Num(lastEma.Top1);
+                    record["ema_top5"] = MetricsLog.Num(lastEma.Top5);
+                    record["ema_loss"] = MetricsLog.Num(lastEma.Loss);
+                }
+                double metric = (lastEma ?? lastEval).Top1;
+                if (bestMetric is null || metric > bestMetric)
+                {
+                    bestMetric = metric;
+                    bestEpoch = epoch;
+                    improved = true;
+                }
+            }
+            cancel.ThrowIfCancellationRequested();
+            batchInEpoch = bpe;
+            epochLossSum = 0;
+            epochCorrect = 0;
+            epochImages = 0;
+            // best weights first: a kill before the checkpoint re-runs this epoch and rewrites them.
+            if (improved) ExportWeights(Path.Combine(run.RunDir, "best.safetensors"), ema?.State ?? CanonicalState());
+            int nextEpoch = epoch + 1;
+            SaveCheckpoint(LastCheckpointPath(run.RunDir), nextEpoch, 0);
+            ExportWeights(Path.Combine(run.RunDir, "last.safetensors"), CanonicalState());
+            if (ema is not null) ExportWeights(Path.Combine(run.RunDir, "last_ema.safetensors"), ema.State);
+            if (config.CheckpointEvery > 0 && nextEpoch % config.CheckpointEvery == 0)
+                AtomicFile.Copy(LastCheckpointPath(run.RunDir), Path.Combine(run.RunDir, "checkpoints", $"epoch_{nextEpoch:D4}.ckpt"));
+            record["best_top1"] = MetricsLog.Num(bestMetric ?? double.NaN);
+            metrics.Write(record);
+            Plots.WriteAll(run.RunDir, metrics.Records);
+            progress?.Report(new TrainProgress(TrainProgressKind.Epoch, epoch, schedule.TotalEpochs, bpe, bpe, globalStep,
+                MetricsLog.ToDouble(record["train_loss"]) ?? double.NaN, MetricsLog.ToDouble(record["lr"]) ?? 0, 0,
+                TimeSpan.FromSeconds(stepsThisSession == 0 ? 0 : clock.Elapsed.TotalSeconds / stepsThisSession * Math.Max(0, totalSteps - globalStep)), Record: record));
+        }
+        return new TrainResult(run.RunDir, epoch, globalStep, lastEval, lastEma, bestMetric, bestEpoch);
+    }
+
+    private int StepsPerEpoch(int bpe) => (bpe + config.GradAccum - 1) / config.GradAccum;
+
+    /// <summary>Micro-batches in the accumulation group starting at <paramref name="start"/> (the last group of an epoch may be short).</summary>
+    private int GroupSize(int start, int bpe) => Math.Max(1, Math.Min(config.GradAccum, bpe - start));
+
+    private void SetLr(double position)
+    {
+        foreach (var g in optimizer.Groups) g.Lr = schedule.At(position, config.Lr * g.LrScale);
+    }
+
+    /// <summary>Forward, loss, backward of one micro-batch, in its own dispose scope. Returns the loss.</summary>
+    private double MicroStep(Batch b, int groupSize)
+    {
+        using var scope = torch.NewDisposeScope();
+        var input = b.Images.dtype == computeType && b.Images.device == device ? b :
+            new Batch { Images = b.Images.to(computeType, device), Labels = b.Labels.to(device), Indices = b.Indices, Augments = b.Augments };
+        var output = task.Step(input);
+        double loss = output.Loss.item<float>();
+        if (!double.IsFinite(loss))
+        {
+            string last = File.Exists(LastCheckpointPath(run.RunDir)) ? $"the last good checkpoint is {LastCheckpointPath(run.RunDir)}" : "no checkpoint was written yet";
+            throw new NonFiniteLossException($"loss is {loss} at epoch {epoch}, batch {batchInEpoch} (optimizer step {globalStep + 1}); stopped without saving; {last}. " +
+                                             "Try a lower --lr, clip_grad, or fp32 instead of --bf16.");
+        }
+        (output.Loss / groupSize).backward();
+        var (top1, _) = Evaluator.TopK(output.Logits.detach().to(ScalarType.Float32), input.Labels);
+        epochLossSum += loss * b.Size;
+        epochCorrect += top1;
+        epochImages += b.Size;
+        return loss;
+    }
+
+    private void OptimizerStep()
+    {
+        using var scope = torch.NewDisposeScope();
+        var byName = entries.ToDictionary(e => e.Name);
+        var grads = new List<Tensor>();
+        foreach (var p in optimizer.Params)
+        {
+            var g = byName[p.Name].ModelTensor.grad;
+            p.Grad = g is null ? null : g.dtype == ScalarType.Float32 ? g : g.to(ScalarType.Float32);
+            if (p.Grad is not null) grads.Add(p.Grad);
+        }
+        if (config.ClipGrad is { } clip) GradClip.ClipGlobalNorm(grads, clip);
+        optimizer.Step();
+        foreach (var p in optimizer.Params) p.Grad = null;
+        model.zero_grad();
+        if (config.Bf16)
+            using (torch.no_grad())
+                foreach (var e in entries)
+                    if (e.Master is not null) e.ModelTensor.copy_(e.Master);
+        ema?.Update(CanonicalState());
+    }
+
+    /// <summary>Runs <paramref name="body"/> with <paramref name="weights"/> copied into the model, then puts the trained weights back.</summary>
+    private T WithWeights<T>(IReadOnlyList<KeyValuePair<string, Tensor>> weights, Func<T> body)
+    {
+        using var scope = torch.NewDisposeScope();
+        List<Tensor> backup;
+        using (torch.no_grad())
+        {
+            backup = entries.Select(e => e.ModelTensor.clone()).ToList();
+            for (int i = 0; i < entries.Count; i++) entries[i].ModelTensor.copy_(weights[i].Value);
+        }
+        try
+        {
+            return body();
+        }
+        finally
+        {
+            using (torch.no_grad())
+                for (int i = 0; i < entries.Count; i++) entries[i].ModelTensor.copy_(backup[i]);
+        }
+    }
+
+    private static List<KeyValuePair<string, RawTensor>> Raw(IEnumerable<KeyValuePair<string, Tensor>> tensors) =>
+        tensors.Select(kv =>
+        {
+            using var scope = torch.NewDisposeScope();
+            var t = kv.Value.is_floating_point() && kv.Value.dtype != ScalarType.Float32 ? kv.Value.to(ScalarType.Float32) : kv.Value;
+            return KeyValuePair.Create(kv.Key, RawTensor.FromTorch(t));
+        }).ToList();
+
+    /// <summary>Model weights in our ModelWeights format (fp32, with metadata) so `predict` and `--init-from` read them.</summary>
+    private void ExportWeights(string path, IReadOnlyList<KeyValuePair<string, Tensor>> state) =>
+        Safetensors.Write(path, Raw(state), new WeightsMetadata(run.ModelName, model.Options, run.ClassNames).ToDictionary());
+
+    private void SaveCheckpoint(string path) => SaveCheckpoint(path, epoch, batchInEpoch);
+
+    private void SaveCheckpoint(string path, int atEpoch, int atBatch)
+    {
+        var state = new TrainState
+        {
+            Model = run.ModelName, Options = model.Options, ClassNames = run.ClassNames,
+            Epoch = atEpoch, Batch = atBatch, GlobalStep = globalStep,
+            OptimizerSteps = optimizer.StepCounts(), TaskState = task.SaveState(), HasEma = ema is not null,
+            BestMetric = bestMetric, BestEpoch = bestEpoch,
+            EpochLossSum = epochLossSum, EpochCorrect = epochCorrect, EpochImages = epochImages,
+            Config = config.ToDictionary(),
+        };
+        RawTensor rng;
+        using (var scope = torch.NewDisposeScope()) rng = RawTensor.FromTorch(torch.Generator.Default.get_state());
+        TrainCheckpoint.Save(path, state, Raw(CanonicalState()), ema is null ? [] : Raw(ema.State), Raw(optimizer.StateTensors()), rng);
+        progress?.Report(new TrainProgress(TrainProgressKind.Message, epoch, schedule.TotalEpochs, batchInEpoch, train.BatchesPerEpoch, globalStep, 0, 0, 0, TimeSpan.Zero,
+            $"checkpoint {path} (epoch {atEpoch}, batch {atBatch}, step {globalStep})"));
+    }
+
+    private void PrepareRunDir(bool resume)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(run.RunDir, "checkpoints"));
+            string probe = Path.Combine(run.RunDir, $".write-test-{Guid.NewGuid():N}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"{run.RunDir}: cannot write to the run folder ({e.Message})", e);
+        }
+        bool hasRun = File.Exists(LastCheckpointPath(run.RunDir));
+        if (!resume && hasRun)
+            throw new InvalidOperationException($"{run.RunDir} already holds a run ({LastCheckpointPath(run.RunDir)}); pass --resume to continue it or choose another --out");
+        if (resume && !hasRun)
+            throw new FileNotFoundException($"{run.RunDir}: nothing to resume (no {LastCheckpointPath(run.RunDir)})", LastCheckpointPath(run.RunDir));
+        if (!resume)
+            AtomicFile.WriteAllText(Path.Combine(run.RunDir, "config.yaml"),
+                config.ToYaml($"effective config of this run ({run.ModelName}), written {DateTime.UtcNow:u}"));
+    }
+
+    private void Resume()
+    {
+        var ck = TrainCheckpoint.Load(LastCheckpointPath(run.RunDir));
+        var s = ck.State;
+        if (s.Model != run.ModelName)
+            throw new InvalidOperationException($"{ck.Path}: checkpoint is for model {s.Model}, this run builds {run.ModelName}");
+        using (var scope = torch.NewDisposeScope())
+        using (torch.no_grad())
+        {
+            foreach (var e in entries)
+            {
+                if (!ck.Model.TryGetValue(e.Name, out var raw)) throw new CheckpointFormatException(ck.Path, $"checkpoint lacks model tensor '{e.Name}'");
+                var t = raw.ToTorch();
+                if (!t.shape.SequenceEqual(e.ModelTensor.shape))
+                    throw new CheckpointFormatException(ck.Path, $"'{e.Name}' has shape [{string.Join(",", t.shape)}], model [{string.Join(",", e.ModelTensor.shape)}]");
+                e.Canonical.copy_(t);
+                if (e.Master is not null) e.ModelTensor.copy_(e.Master);
+            }
+            if (ema is not null)
+            {
+                if (!s.HasEma) throw new CheckpointFormatException(ck.Path, "checkpoint has no EMA but model_ema is on");
+                ema.Load(ck.Ema.ToDictionary(kv => kv.Key, kv => kv.Value.ToTorch()), ck.Path);
+            }
+            optimizer.LoadState(ck.Optimizer.ToDictionary(kv => kv.Key, kv => kv.Value.ToTorch()), s.OptimizerSteps, ck.Path);
+            if (ck.TorchRng is not null) torch.Generator.Default.set_state(ck.TorchRng.ToTorch());
+        }
+        task.LoadState(s.TaskState);
+        epoch = s.Epoch;
+        batchInEpoch = s.Batch;
+        globalStep = s.GlobalStep;
+        bestMetric = s.BestMetric;
+        bestEpoch = s.BestEpoch;
+        epochLossSum = s.EpochLossSum;
+        epochCorrect = s.EpochCorrect;
+        epochImages = s.EpochImages;
+        progress?.Report(new TrainProgress(TrainProgressKind.Message, epoch, schedule.TotalEpochs, batchInEpoch, train.BatchesPerEpoch, globalStep, 0, 0, 0, TimeSpan.Zero,
+            $"resumed {ck.Path}: epoch {epoch}, batch {batchInEpoch}, step {globalStep}"));
+    }
+
+    public void Dispose()
+    {
+        optimizer.Dispose();
+        ema?.Dispose();
+        foreach (var e in entries) e.Master?.Dispose();
+    }
+}

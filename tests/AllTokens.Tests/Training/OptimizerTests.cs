@@ -1,0 +1,134 @@
+using System.Text.Json;
+using AllTokens.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Tests.Training;
+
+/// <summary>Our AdamW/SGD/clipping against torch 1.13 (fixture from tools/make_optimizer_fixtures.py).</summary>
+public sealed class OptimizerTests
+{
+    private static readonly JsonElement Fixture =
+        JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "fixtures", "training", "optimizers.json"))).RootElement;
+
+    private static float[] Floats(JsonElement e) => e.EnumerateArray().Select(x => (float)x.GetDouble()).ToArray();
+
+    private static (Optimizer Opt, Tensor W, Tensor B) Build(string kind)
+    {
+        var w = torch.tensor(Floats(Fixture.GetProperty("w0")), [3, 4]);
+        var b = torch.tensor(Floats(Fixture.GetProperty("b0")), [4]);
+        var groups = new List<OptimGroup>
+        {
+            new("decay", [new OptimParam("w", w)], 0.05, 1),
+            new("no_decay", [new OptimParam("b", b)], 0.0, 1),
+        };
+        Optimizer opt = kind switch
+        {
+            "adamw" => new AdamW(groups),
+            "adamw_clip" => new AdamW(groups, 0.85, 0.99, 1e-6),
+            "sgd" => new Sgd(groups, 0.9),
+            "sgd_nesterov" => new Sgd(groups, 0.9, nesterov: true),
+            _ => throw new ArgumentException(kind),
+        };
+        return (opt, w, b);
+    }
+
+    private static void StepOnce(Optimizer opt, string kind, int k)
+    {
+        using var scope = torch.NewDisposeScope();
+        var g = Fixture.GetProperty("grads")[k];
+        var lrs = Fixture.GetProperty("lrs").GetProperty(kind.StartsWith("adamw", StringComparison.Ordinal) ? "adamw" : "sgd");
+        foreach (var group in opt.Groups) group.Lr = lrs[k].GetDouble();
+        var gw = torch.tensor(Floats(g.GetProperty("w")), [3, 4]);
+        var gb = torch.tensor(Floats(g.GetProperty("b")), [4]);
+        opt.Groups[0].Params[0].Grad = gw;
+        opt.Groups[1].Params[0].Grad = gb;
+        if (kind == "adamw_clip") GradClip.ClipGlobalNorm([gw, gb], 0.7);
+        opt.Step();
+        foreach (var p in opt.Params) p.Grad = null;
+    }
+
+    private static void AssertClose(JsonElement expected, Tensor actual, string what)
+    {
+        var e = Floats(expected);
+        var a = actual.data<float>().ToArray();
+        for (int i = 0; i < e.Length; i++)
+            Assert.True(Math.Abs(e[i] - a[i]) <= 1e-6 + 1e-6 * Math.Abs(e[i]), $"{what}[{i}]: torch {e[i]:R}, ours {a[i]:R}");
+    }
+
+    [Theory]
+    [InlineData("adamw")]
+    [InlineData("adamw_clip")]
+    [InlineData("sgd")]
+    [InlineData("sgd_nesterov")]
+    public void MatchesTorch(string kind)
+    {
+        var (opt, w, b) = Build(kind);
+        using var _o = opt;
+        using var _w = w;
+        using var _b = b;
+        var expected = Fixture.GetProperty("cases").GetProperty(kind);
+        for (int k = 0; k < expected.GetArrayLength(); k++)
+        {
+            StepOnce(opt, kind, k);
+            AssertClose(expected[k].GetProperty("w"), w, $"{kind} step {k + 1} w");
+            AssertClose(expected[k].GetProperty("b"), b, $"{kind} step {k + 1} b");
+        }
+    }
+
+    [Theory]
+    [InlineData("adamw")]
+    [InlineData("sgd_nesterov")]
+    public void SavedStateResumesExactly(string kind)
+    {
+        // Run 2 steps, save the state, load it into a fresh optimizer over copies, run 3 more: bit-equal to 5 straight steps.
+        var (a, wa, ba) = Build(kind);
+        for (int k = 0; k < 2; k++) StepOnce(a, kind, k);
+        var saved = a.StateTensors().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+        var steps = a.StepCounts();
+        var (b, wb, bb) = Build(kind);
+        using (torch.no_grad())
+        {
+            wb.copy_(wa);
+            bb.copy_(ba);
+        }
+        b.LoadState(saved, steps, "test");
+        Assert.Equal(2, b.Params.First().Steps);
+        for (int k = 2; k < 5; k++)
+        {
+            StepOnce(a, kind, k);
+            StepOnce(b, kind, k);
+        }
+        Assert.Equal(wa.data<float>().ToArray(), wb.data<float>().ToArray());
+        Assert.Equal(ba.data<float>().ToArray(), bb.data<float>().ToArray());
+        foreach (var t in saved.Values) t.Dispose();
+        foreach (var d in new IDisposable[] { a, b, wa, ba, wb, bb }) d.Dispose();
+    }
+
+    [Fact]
+    public void LoadStateRejectsUnknownParameters()
+    {
+        var (opt, w, b) = Build("adamw");
+        using var _o = opt;
+        using var _w = w;
+        using var _b = b;
+        var e = Assert.Throws<InvalidDataException>(() => opt.LoadState(new Dictionary<string, Tensor>(), new Dictionary<string, long> { ["w"] = 1, ["zz"] = 1 }, "ck.safetensors"));
+        Assert.Contains("zz", e.Message);
+        Assert.Contains("ck.safetensors", e.Message);
+    }
+
+    [Fact]
+    public void ClipHandValues()
+    {
+        using var scope = torch.NewDisposeScope();
+        var g1 = torch.tensor(new float[] { 3, 0 });
+        var g2 = torch.tensor(new float[] { 4 });
+        double norm = GradClip.ClipGlobalNorm([g1, g2], 1.0); // global norm 5 → scale 1/(5 + 1e-6)
+        Assert.Equal(5.0, norm, 5);
+        Assert.Equal(3 / (5 + 1e-6), g1[0].item<float>(), 6);
+        Assert.Equal(4 / (5 + 1e-6), g2[0].item<float>(), 6);
+        var g3 = torch.tensor(new float[] { 0.3f });
+        GradClip.ClipGlobalNorm([g3], 1.0); // below the max: unchanged
+        Assert.Equal(0.3f, g3.item<float>());
+    }
+}

@@ -1,0 +1,142 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using AllTokens.Checkpoints;
+using AllTokens.Cli;
+using AllTokens.Models;
+using AllTokens.Training;
+using TorchSharp;
+
+namespace AllTokens.Tests.Training;
+
+public sealed class TrainVerbTests : IDisposable
+{
+    private readonly string dir = Directory.CreateTempSubdirectory("alltokens-trainverb-").FullName;
+    private readonly int threads = torch.get_num_threads();
+
+    public void Dispose()
+    {
+        torch.set_num_threads(threads);
+        Directory.Delete(dir, true);
+    }
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = Program.Run(args, o, e);
+        return (code, o.ToString(), e.ToString());
+    }
+
+    /// <summary>A tiny Fashion-MNIST-shaped IDX folder: class c is a bright band at rows 2c…2c+3 plus noise.</summary>
+    private string IdxFolder(int train = 32, int test = 16)
+    {
+        string root = Path.Combine(dir, "fashion-tiny");
+        Directory.CreateDirectory(root);
+        var rng = new Rng(1);
+        foreach (var (prefix, n) in new[] { ("train", train), ("t10k", test) })
+        {
+            var labels = Enumerable.Range(0, n).Select(i => (byte)(i % 10)).ToArray();
+            var pixels = new byte[n * 28 * 28];
+            for (int i = 0; i < n; i++)
+                for (int p = 0; p < 784; p++)
+                    pixels[i * 784 + p] = (byte)(p / 28 / 2 - labels[i] is >= 0 and < 2 ? 200 : rng.NextInt(0, 60));
+            WriteIdx(Path.Combine(root, $"{prefix}-images-idx3-ubyte.gz"), [n, 28, 28], pixels);
+            WriteIdx(Path.Combine(root, $"{prefix}-labels-idx1-ubyte.gz"), [n], labels);
+        }
+        return root;
+    }
+
+    private static void WriteIdx(string path, int[] dims, byte[] data)
+    {
+        using var gz = new GZipStream(File.Create(path), CompressionLevel.Fastest);
+        gz.Write([0, 0, 8, (byte)dims.Length]);
+        Span<byte> b = stackalloc byte[4];
+        foreach (var d in dims)
+        {
+            BinaryPrimitives.WriteInt32BigEndian(b, d);
+            gz.Write(b);
+        }
+        gz.Write(data);
+    }
+
+    private static string[] Base(string data, string run, params string[] more) => BaseFor("t2t_vit_7", data, run, more);
+
+    private static string[] BaseFor(string model, string data, string run, params string[] more) =>
+    [
+        "train", "--model", model, "--data", data, "--img-size", "32", "--epochs", "1", "--batch", "8", "--out", run,
+        "--threads", "1", "--warmup-epochs", "0", "--cooldown-epochs", "0", "--set", "aa=null", .. more,
+    ];
+
+    [Fact]
+    public void TrainsResumesAndRefusesConfigChanges()
+    {
+        string data = IdxFolder(), run = Path.Combine(dir, "run");
+        var (code, output, err) = Run(Base(data, run, "--set", "model_ema=true", "--set", "checkpoint_every=1"));
+        Assert.True(code == 0, err);
+        Assert.Contains("done: 1 epochs, 4 steps", output);
+        Assert.Contains("training t2t_vit_7", err);
+        foreach (var f in new[] { "config.yaml", "metrics.jsonl", "best.safetensors", "last.safetensors", "loss.png", "checkpoints/last.ckpt", "checkpoints/epoch_0001.ckpt" })
+            Assert.True(File.Exists(Path.Combine(run, f)), f);
+        Assert.Contains("model_ema: true", File.ReadAllText(Path.Combine(run, "config.yaml")));
+        // Continue the finished run for one more cosine epoch.
+        (code, output, err) = Run("train", "--resume", "--out", run, "--epochs", "2", "--threads", "1");
+        Assert.True(code == 0, err);
+        Assert.Contains("resumed", err);
+        Assert.Contains("done: 2 epochs, 8 steps", output);
+        Assert.True(File.Exists(Path.Combine(run, "checkpoints", "epoch_0002.ckpt")));
+        (code, _, err) = Run("train", "--resume", "--out", run, "--lr", "0.1");
+        Assert.Equal(2, code);
+        Assert.Contains("'lr' was", err);
+        // Same folder without --resume: refused.
+        (code, _, err) = Run(Base(data, run));
+        Assert.Equal(1, code);
+        Assert.Contains("--resume", err);
+    }
+
+    [Fact]
+    public void UnknownRecipeKeyIsAUsageError()
+    {
+        string recipe = Path.Combine(dir, "bad.yaml");
+        File.WriteAllText(recipe, "model: t2t_vit_7\nwarmup_epoch: 3\n");
+        var (code, _, err) = Run("train", "--recipe", recipe, "--data", dir);
+        Assert.Equal(2, code);
+        Assert.Contains(recipe + ":2", err);
+        Assert.Contains("'warmup_epoch'", err);
+        Assert.Contains("did you mean 'warmup_epochs'", err);
+        (code, _, err) = Run("train", "--model", "t2t_vit_7", "--data", dir, "--set", "mixup_alpha=0.8");
+        Assert.Equal(2, code);
+        Assert.Contains("'mixup_alpha'", err);
+    }
+
+    [Fact]
+    public void UnwritableRunDirIsNamed()
+    {
+        string data = IdxFolder(), blocker = Path.Combine(dir, "file");
+        File.WriteAllText(blocker, "not a folder");
+        var (code, _, err) = Run(Base(data, Path.Combine(blocker, "run")));
+        Assert.Equal(1, code);
+        Assert.Contains("cannot write to the run folder", err);
+        Assert.Contains(blocker, err);
+    }
+
+    [Fact]
+    public void InitFromFineTunesWithANewHeadAndRejectsAnotherModel()
+    {
+        string data = IdxFolder(), weights = Path.Combine(dir, "w3.safetensors");
+        torch.manual_seed(0);
+        using (var m = ModelRegistry.Create("t2t_vit_7", new ModelOptions(3, 32))) ModelWeights.Save(m, "t2t_vit_7", weights);
+        var (code, _, err) = Run(Base(data, Path.Combine(dir, "ft"), "--init-from", weights));
+        Assert.True(code == 0, err);
+        Assert.Contains("head dropped: checkpoint has 3 classes, model 10", err);
+        // A new resolution: the position embedding is resampled (2×2 grid → 3×3).
+        var args = Base(data, Path.Combine(dir, "ft48"), "--init-from", weights);
+        args[Array.IndexOf(args, "--img-size") + 1] = "48";
+        (code, _, err) = Run(args);
+        Assert.True(code == 0, err);
+        Assert.Contains("pos_embed resized [1,5,256] → [1,10,256]", err);
+        (code, _, err) = Run(BaseFor("t2t_vit_10", data, Path.Combine(dir, "ft2"), "--init-from", weights));
+        Assert.Equal(1, code);
+        Assert.Contains("weights do not fit", err);
+        Assert.Contains("blocks.7", err);
+    }
+}
