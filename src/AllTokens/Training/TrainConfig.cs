@@ -31,6 +31,8 @@ public sealed class TrainConfig
     public int? ValSubset { get; set; }
     /// <summary>Loader worker threads.</summary>
     public int Workers { get; set; } = 2;
+    /// <summary>A corrupt or unreadable image stops the run instead of being skipped with a warning.</summary>
+    public bool StrictData { get; set; }
     /// <summary>Weights to start from (fine-tuning): pos-embed resized, head re-initialised on a class-count change.</summary>
     public string? InitFrom { get; set; }
     /// <summary>Take the EMA weights from an <see cref="InitFrom"/> training checkpoint (T2T transfer: use_ema=True).</summary>
@@ -340,6 +342,17 @@ public sealed class TrainConfig
         Require(EvalEvery >= 1, "eval_every", "must be ≥ 1");
         Require(TrainTransform is "timm" or "cifar" or "none", "train_transform", "must be timm, cifar or none");
         Require(Seed >= 0, "seed", "must be ≥ 0");
+        Require(Remode is "pixel" or "rand" or "const", "remode", "must be pixel, rand or const");
+        Require(TrainInterpolation is "random" or "bilinear" or "bicubic", "train_interpolation", "must be random, bilinear or bicubic");
+        Require(Reprob is >= 0 and <= 1, "reprob", "must be in [0, 1]");
+        Require(Hflip is >= 0 and <= 1, "hflip", "must be in [0, 1]");
+        Require(Scale.Length == 2 && Scale[0] > 0 && Scale[0] <= Scale[1] && Scale[1] <= 1, "scale", "must be two numbers 0 < min ≤ max ≤ 1");
+        Require(Ratio.Length == 2 && Ratio[0] > 0 && Ratio[0] <= Ratio[1], "ratio", "must be two numbers 0 < min ≤ max");
+        if (Aa is { Length: > 0 } aa && aa != "none")
+        {
+            try { AllTokens.Data.Transforms.RandAugmentOptions.Parse(aa); }
+            catch (Exception e) when (e is ArgumentException or FormatException) { throw new RecipeException($"{where}: 'aa' {e.Message}"); }
+        }
     }
 
     /// <summary>The schedule this config describes.</summary>

@@ -63,13 +63,14 @@ public static class TrainSetup
     }
 
     /// <summary>Model, weights (<c>init_from</c>), data, task and trainer for <paramref name="config"/>.</summary>
-    public static TrainSession Create(TrainConfig config, string runDir, bool resume, Device? device = null, IProgress<TrainProgress>? progress = null)
+    public static TrainSession Create(TrainConfig config, string runDir, bool resume, Device? device = null, IProgress<TrainProgress>? progress = null,
+        Action<string>? warn = null)
     {
         config.Validate("config");
         string name = config.Model ?? throw new ArgumentException("no model given: pass --model NAME (see `alltokens models`)");
         var info = ModelRegistry.Get(name);
         int imgSize = config.ImgSize ?? info.Defaults.ImgSize;
-        var data = TrainData.Open(config, imgSize);
+        var data = TrainData.Open(config, imgSize, info.Defaults, warn);
         int numClasses = config.NumClasses ?? data.ClassNames.Count;
         if (numClasses < data.ClassNames.Count)
             throw new ArgumentException($"num_classes {numClasses} is smaller than the {data.ClassNames.Count} classes of {data.Train.Dataset.Source}");
