@@ -103,10 +103,10 @@ public static class LabelVerb
     private static int Inspect(ParsedArgs a, Console2 io)
     {
         string path = One(a, "LABELS");
-        using var store = LabelStore.Open(path);
-        var h = store.Header;
         string? key = a.String("image");
         if (a.Has("png") && key is null) throw new UsageException("--png draws one image's map: give --image KEY");
+        using var store = LabelStore.Open(path);
+        var h = store.Header;
         if (key is not null)
         {
             var map = store.Get(key);
