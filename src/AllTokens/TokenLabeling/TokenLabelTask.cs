@@ -78,6 +78,19 @@ public sealed class TeacherTargetSource(ImageClassifier teacher, int topK = 5) :
     }
 }
 
+/// <summary>
+/// No label data (official 2-D targets, e.g. transfer fine-tuning): the class target is the smoothed one-hot ground
+/// truth; with <see cref="TokenLabelLossMode.TwoD"/> every token gets it too.
+/// </summary>
+public sealed class GroundTruthTargetSource : ITokenTargetSource
+{
+    public TokenTargets Targets(Batch batch, DenseTargetOptions options)
+    {
+        var gt = DenseTargets.SmoothOneHot(batch.Labels.to(batch.Images.device), options.NumClasses, options.Smoothing);
+        return new TokenTargets(gt, null, gt);
+    }
+}
+
 /// <summary>Settings of a token-labeling task.</summary>
 /// <param name="Targets">Target construction; LabelSize must equal the model's token grid side (or 1 for ReLabel).</param>
 /// <param name="Loss">Loss weights and mode.</param>

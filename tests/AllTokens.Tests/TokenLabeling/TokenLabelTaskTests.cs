@@ -180,6 +180,42 @@ public sealed class TokenLabelTaskTests : IDisposable
     }
 
     [Fact]
+    public void ReLabelModeTrainsTheClassTokenOnThePooledCropLabel()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(2);
+        using var model = new LvVit("noaux", new LvVitConfig(32, 1, 2, 2.0, 1.0, StemChannels: 8, AuxHead: false, MixToken: false),
+            new ModelOptions(NumClasses: 5, ImgSize: 64));
+        model.eval(); // deterministic: the loss is recomputed below
+        var opts = new DenseTargetOptions(5, 1);
+        var task = new TokenLabelTask(model, new StoredTargetSource(StoredMap),
+            new TokenLabelTaskOptions(opts, new TokenLabelLossOptions(Mode: TokenLabelLossMode.ReLabel)));
+        using var batch = MakeBatch(3, 64, 2);
+        var loss = task.Step(batch).Loss.item<float>();
+        Assert.Null(task.LastBox);
+        var targets = DenseTargets.FromLabelMaps(batch.Indices.Select(StoredMap).ToList(), batch.Augments!, opts);
+        var want = TokenLabelLoss.SoftCrossEntropy(model.ForwardTrain(batch.Images).Logits, targets.Cls).item<float>();
+        Assert.Equal(want, loss, 5);
+    }
+
+    [Fact]
+    public void TwoDModeTrainsEveryTokenOnTheGroundTruth()
+    {
+        using var _ = torch.NewDisposeScope();
+        using var model = TinyLvVit();
+        model.eval();
+        var opts = new DenseTargetOptions(5, model.GridSize);
+        var task = new TokenLabelTask(model, new GroundTruthTargetSource(),
+            new TokenLabelTaskOptions(opts, new TokenLabelLossOptions(Mode: TokenLabelLossMode.TwoD), MixToken: false));
+        using var batch = MakeBatch(2, 64, 3);
+        var loss = task.Step(batch).Loss.item<float>();
+        var o = model.ForwardTrain(batch.Images);
+        var gt = DenseTargets.SmoothOneHot(batch.Labels, 5, 0.1);
+        var want = TokenLabelLoss.SoftCrossEntropy(o.Logits, gt) + 0.5 * TokenLabelLoss.SoftCrossEntropy(o.TokenLogits!, gt.unsqueeze(1).expand(2, 16, 5));
+        Assert.Equal(want.item<float>(), loss, 5);
+    }
+
+    [Fact]
     public void TaskRejectsAMismatchedLabelSize()
     {
         using var model = TinyLvVit();
