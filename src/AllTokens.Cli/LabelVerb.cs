@@ -56,6 +56,8 @@ public static class LabelVerb
     {
         var device = CliCommon.ResolveDevice(a);
         string data = a.Required("data"), outPath = a.Required("out");
+        if (!a.Has("annotator") && !a.Has("weights"))
+            throw new UsageException("label needs --annotator M (a registered model) and/or --weights F (AllTokens weights name their model)");
         var dataset = LabelDatasets.Open(data, a.Required("split"));
         int topk = a.Int("topk", 1, 1_000_000)!.Value, batch = a.Int("batch", 1, 65536)!.Value;
         var loaded = ModelWeights.Load(new ModelRequest(a.String("annotator"), a.String("weights"),

@@ -19,7 +19,7 @@ public sealed record StepBenchmarkResult(double PlainMs, double TokenLabelMs, do
 /// Times what token labeling adds to a training step: forward + backward of the model (training mode) with
 /// (a) soft-target CE on the class logits of smoothed one-hot targets, versus (b) the dense targets built from
 /// stored top-k maps through random crops and flips (RoIAlign, softmax), a MixToken box, and the token-label loss.
-/// The two kinds alternate so that machine load drifts hit both alike; medians are reported.
+/// The two kinds alternate (and swap order every step) so that machine load drifts hit both alike; medians are reported.
 /// </summary>
 public static class StepBenchmark
 {
@@ -48,7 +48,8 @@ public static class StepBenchmark
         var targets = new List<double>();
         for (int s = 0; s < warmup + steps; s++)
         {
-            for (int kind = 0; kind < 3; kind++)
+            // Alternate which step kind goes first, so neither always follows the other.
+            foreach (int kind in s % 2 == 0 ? new[] { 0, 1, 2 } : [1, 0, 2])
             {
                 using var scope = torch.NewDisposeScope();
                 var x = torch.randn(batchSize, 3, img, img);

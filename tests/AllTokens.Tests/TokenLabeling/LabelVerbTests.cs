@@ -155,7 +155,10 @@ public sealed class LabelVerbTests : IDisposable
     [Fact]
     public void UsageAndDamageErrors()
     {
-        var (code, _, err) = Run("label", "import", "x");
+        var (code, _, err) = Run("label", "--data", dir, "--out", Path.Combine(dir, "o.atl"));
+        Assert.Equal(2, code);
+        Assert.Contains("--annotator", err);
+        (code, _, err) = Run("label", "import", "x");
         Assert.Equal(2, code);
         Assert.Contains("--out", err);
         (code, _, err) = Run("label", "frobnicate", "x");
