@@ -11,6 +11,9 @@ namespace AllTokens.TokenLabeling;
 /// and so less disturbed by machine load than the step times.</param>
 public sealed record StepBenchmarkResult(double PlainMs, double TokenLabelMs, double TargetsMs, int Steps)
 {
+    /// <summary>Every timed step, in order: (plain ms, token-label ms).</summary>
+    public IReadOnlyList<(double Plain, double TokenLabel)> Raw { get; init; } = [];
+
     /// <summary>Token-labeling step time over plain step time, minus one.</summary>
     public double Overhead => TokenLabelMs / PlainMs - 1;
 }
@@ -82,7 +85,7 @@ public static class StepBenchmark
                 if (s >= warmup) (kind == 0 ? plain : token).Add(sw.Elapsed.TotalMilliseconds);
             }
         }
-        return new StepBenchmarkResult(Median(plain), Median(token), Median(targets), steps);
+        return new StepBenchmarkResult(Median(plain), Median(token), Median(targets), steps) { Raw = plain.Zip(token).ToList() };
     }
 
     private static double Median(List<double> xs)

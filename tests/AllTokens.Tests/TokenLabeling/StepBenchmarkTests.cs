@@ -31,6 +31,7 @@ public class StepBenchmarkTests
         string line = $"{name} batch {batch} at {model.Options.ImgSize}px, {steps} steps, {torch.get_num_threads()} threads: " +
                       $"plain CE {r.PlainMs:F1} ms, token labeling + MixToken {r.TokenLabelMs:F1} ms, overhead {100 * r.Overhead:F2} %; " +
                       $"dense targets alone {r.TargetsMs:F1} ms ({100 * r.TargetsMs / r.PlainMs:F2} % of the plain step)";
+        line += "; steps (plain/token-label ms): " + string.Join(" ", r.Raw.Select(x => $"{x.Plain:F0}/{x.TokenLabel:F0}"));
         TestContext.Current.SendDiagnosticMessage(line);
         File.AppendAllText(Path.Combine(Path.GetTempPath(), "alltokens-bench.txt"), line + Environment.NewLine);
         Assert.True(r.Overhead <= 0.05, line);
