@@ -187,11 +187,16 @@ public static class DenseTargets
         options.Validate();
         if (denseLogits.shape[2] != options.NumClasses)
             throw new ArgumentException($"dense logits have {denseLogits.shape[2]} classes, the targets {options.NumClasses}");
-        var pooled = torch.bmm(weights.to(denseLogits.device), denseLogits); // [B, 1+L², C]
+        return FromPooledLogits(torch.bmm(weights.to(denseLogits.device), denseLogits), options, labels); // [B, 1+L², C]
+    }
+
+    /// <summary>Targets from pooled logits [B, 1+L², C] (class token first): softmax over classes, p·on + off, GT blend.</summary>
+    public static TokenTargets FromPooledLogits(Tensor pooled, DenseTargetOptions options, Tensor? labels = null)
+    {
         var p = pooled.softmax(-1).mul_(options.OnValue).add_(options.OffValue);
         var cls = p[.., 0];
         Tensor? tokens = options.LabelSize == 1 ? null : p[.., 1..];
-        Tensor? gt = labels is null ? null : SmoothOneHot(labels.to(denseLogits.device), options.NumClasses, options.Smoothing);
+        Tensor? gt = labels is null ? null : SmoothOneHot(labels.to(pooled.device), options.NumClasses, options.Smoothing);
         if (options.GroundTruthBlend != GroundTruthBlend.None)
         {
             if (gt is null) throw new ArgumentException("blending with the ground truth needs the batch's labels");
@@ -202,19 +207,45 @@ public static class DenseTargets
 
     /// <summary>
     /// The whole construction for stored labels: maps (one per sample), the per-sample augment records, labels [B].
+    /// Same result as <see cref="ScatterTopK"/> then <see cref="FromDenseLogits"/>, computed sparsely: M has few
+    /// non-zeros per row and each location only k logits, so the pooled logits are summed directly on the CPU
+    /// (B·(1+L²)·nnz·k operations instead of a dense B·(1+L²)·h·w·C product).
     /// </summary>
     public static TokenTargets FromLabelMaps(IReadOnlyList<LabelMap> maps, IReadOnlyList<AugmentRecord> records, DenseTargetOptions options,
         Tensor? labels = null, Device? device = null)
     {
         options.Validate();
+        if (maps.Count == 0) throw new ArgumentException("no label maps");
         if (records.Count != maps.Count) throw new ArgumentException($"{maps.Count} label maps but {records.Count} augment records");
-        int h = maps[0].Height, w = maps[0].Width, l = options.LabelSize, rows = 1 + l * l, hw = h * w;
-        var all = new float[maps.Count * rows * hw];
+        int k = maps[0].K, h = maps[0].Height, w = maps[0].Width, l = options.LabelSize, rows = 1 + l * l, hw = h * w, c = options.NumClasses;
         for (int b = 0; b < maps.Count; b++)
-            AlignmentWeights(records[b], h, w, l, options.OfficialBoxAxes).CopyTo(all, b * rows * hw);
-        using var weights = torch.tensor(all, [maps.Count, rows, hw]);
-        using var dense = ScatterTopK(maps, options.NumClasses);
-        return FromDenseLogits(device is null ? dense : dense.to(device), weights, options, labels);
+        {
+            var m = maps[b];
+            if (m.K != k || m.Height != h || m.Width != w)
+                throw new ArgumentException($"label map {b} is k={m.K} {m.Height}×{m.Width}, the batch's first is k={k} {h}×{w}");
+            foreach (int cls in m.Indices)
+                if ((uint)cls >= (uint)c) throw new ArgumentException($"label map {b}: class index {cls} outside [0, {c})");
+        }
+        var pooled = new float[maps.Count * rows * c];
+        Parallel.For(0, maps.Count, b =>
+        {
+            var weights = AlignmentWeights(records[b], h, w, l, options.OfficialBoxAxes); // [rows, hw]
+            var m = maps[b];
+            var dst = pooled.AsSpan(b * rows * c, rows * c);
+            for (int r = 0; r < rows; r++)
+            {
+                var row = dst.Slice(r * c, c);
+                for (int j = 0; j < hw; j++)
+                {
+                    float wt = weights[r * hw + j];
+                    if (wt == 0) continue;
+                    for (int t = 0; t < k; t++) row[m.Indices[t * hw + j]] += wt * m.Values[t * hw + j];
+                }
+            }
+        });
+        var logits = torch.tensor(pooled, [maps.Count, rows, c]);
+        if (device is not null && device.type != DeviceType.CPU) logits = logits.to(device);
+        return FromPooledLogits(logits, options, labels);
     }
 
     /// <summary>on = 1−ε+ε/C at the label, off = ε/C elsewhere: [B, C].</summary>

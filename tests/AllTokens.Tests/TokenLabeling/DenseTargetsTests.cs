@@ -203,6 +203,31 @@ public class DenseTargetsTests
     }
 
     [Fact]
+    public void SparseConstructionEqualsTheDenseProduct()
+    {
+        using var _ = torch.NewDisposeScope();
+        var rnd = new Random(5);
+        int c = 30, k = 4, s = 7, l = 3;
+        var maps = Enumerable.Range(0, 3).Select(_ => new LabelMap(k, s, s,
+            Enumerable.Range(0, k * s * s).Select(_ => (float)(rnd.NextDouble() * 5 - 1)).ToArray(),
+            Enumerable.Range(0, k * s * s).Select(i => (i / (s * s)) * 7 + rnd.Next(7)).ToArray())).ToList();
+        var shear = new Affine2D(1, 0.3, -5, 0, 1, 0);
+        var records = new List<AugmentRecord>
+        {
+            new(AugmentOrder.TokenLabel, 70, 50, true, [shear], new CropBox(4, 9, 30, 41), 48, 48),
+            new(AugmentOrder.Timm, 60, 60, true, [Rotate90Of(48)], new CropBox(10, 0, 50, 33), 48, 48),
+            AugmentRecord.None(20, 30),
+        };
+        var opts = new DenseTargetOptions(c, l);
+        var sparse = DenseTargets.FromLabelMaps(maps, records, opts).Stacked();
+        var weights = torch.tensor(records.SelectMany(r => DenseTargets.AlignmentWeights(r, s, s, l)).ToArray(), [3L, 1 + l * l, s * s]);
+        var dense = DenseTargets.FromDenseLogits(DenseTargets.ScatterTopK(maps, c), weights, opts).Stacked();
+        Assert.True(torch.allclose(sparse, dense, rtol: 1e-5, atol: 1e-7));
+    }
+
+    private static Affine2D Rotate90Of(int side) => new(0, 1, 0, -1, 0, side);
+
+    [Fact]
     public void BadIndicesAndShapesAreRejected()
     {
         var bad = new LabelMap(1, 1, 1, [1f], [7]);
