@@ -59,8 +59,8 @@ public sealed record TokenTargets(Tensor Cls, Tensor? Tokens, Tensor? GroundTrut
 /// <summary>
 /// Dense token-label targets (LVVIT.md §6.4): scatter the top-k logits into C classes (others 0), RoIAlign the
 /// crop to L×L and 1×1, softmax over classes, smooth p·on + off (each distribution then sums to 1 + ε/C, 1.0001
-/// at ε 0.1 and C 1000, as officially; kept). Every geometric step (flip, RandAugment warps, crop) is linear in the map, so one weight
-/// matrix M [1+L², h·w] per sample carries all of it and the targets are softmax(M · logits).
+/// at ε 0.1 and C 1000, as officially; kept). Every geometric step (flip, RandAugment warps, crop) is linear in the
+/// map, so one weight matrix M [1+L², h·w] per sample carries all of it and the targets are softmax(M · logits).
 /// </summary>
 public static class DenseTargets
 {
