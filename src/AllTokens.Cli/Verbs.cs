@@ -9,6 +9,7 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        LabelVerb.Verb,
         TrainVerb.Verb,
         EvalVerb.Verb,
         BenchVerb.Verb,
