@@ -32,8 +32,9 @@ public enum GroundTruthBlend
 /// which mirrors the crop across the diagonal of a standard-orientation map (LVVIT.md §6.5). Default false: the
 /// geometrically right (left, top, right, bottom). The official form also normalises both axes by the map width.
 /// </param>
+/// <param name="MapRegion">Which part of the source image the label maps cover (stores record it; see <see cref="LabelMapRegion"/>).</param>
 public sealed record DenseTargetOptions(int NumClasses, int LabelSize, double Smoothing = 0.1, bool OfficialBoxAxes = false,
-    GroundTruthBlend GroundTruthBlend = GroundTruthBlend.None)
+    GroundTruthBlend GroundTruthBlend = GroundTruthBlend.None, LabelMapRegion MapRegion = LabelMapRegion.FullImage)
 {
     public double OnValue => 1.0 - Smoothing + Smoothing / NumClasses;
     public double OffValue => Smoothing / NumClasses;
@@ -72,11 +73,13 @@ public static class DenseTargets
     /// Timm — RoIAlign the crop first, then flip and warp the L×L grid (nearest, outside → 0); the class token is
     /// the whole crop.
     /// </summary>
-    public static float[] AlignmentWeights(AugmentRecord record, int mapH, int mapW, int labelSize, bool officialBoxAxes = false)
+    public static float[] AlignmentWeights(AugmentRecord record, int mapH, int mapW, int labelSize, bool officialBoxAxes = false,
+        LabelMapRegion region = LabelMapRegion.FullImage)
     {
         int hw = mapH * mapW, l = labelSize, rows = 1 + l * l;
         var roi = new float[rows * hw];
-        var box = CropToMap(record, mapH, mapW, officialBoxAxes);
+        var box = CropToMap(record, mapH, mapW, officialBoxAxes, region);
+        var (fx, fy, fw, fh) = Frame(record, region);
         RoiAlign.AccumulateWeights(box, mapH, mapW, 1, 1, roi, 0);
         RoiAlign.AccumulateWeights(box, mapH, mapW, l, l, roi, 1);
         bool geometric = record.Flipped || record.Warps.Count > 0;
@@ -90,9 +93,9 @@ public static class DenseTargets
             for (int r = 0; r < mapH; r++)
                 for (int c = 0; c < mapW; c++)
                 {
-                    double x = (c + 0.5) * record.SourceWidth / mapW, y = (r + 0.5) * record.SourceHeight / mapH;
+                    double x = fx + (c + 0.5) * fw / mapW, y = fy + (r + 0.5) * fh / mapH;
                     (x, y) = Unwarp(record, x, y, record.SourceWidth);
-                    src[r * mapW + c] = Cell(x * mapW / record.SourceWidth, y * mapH / record.SourceHeight, mapW, mapH);
+                    src[r * mapW + c] = Cell((x - fx) * mapW / fw, (y - fy) * mapH / fh, mapW, mapH);
                 }
             // result = roi · P with P[i, src[i]] = 1.
             for (int row = 0; row < rows; row++)
@@ -132,12 +135,21 @@ public static class DenseTargets
         return (int)Math.Floor(y) * w + (int)Math.Floor(x);
     }
 
+    /// <summary>The source rectangle (x, y, width, height) the label map covers.</summary>
+    private static (double X, double Y, double W, double H) Frame(AugmentRecord record, LabelMapRegion region)
+    {
+        if (region == LabelMapRegion.FullImage) return (0, 0, record.SourceWidth, record.SourceHeight);
+        double side = Math.Min(record.SourceWidth, record.SourceHeight);
+        return ((record.SourceWidth - side) / 2, (record.SourceHeight - side) / 2, side, side);
+    }
+
     /// <summary>The crop as an RoI box in label-map pixels, with the −0.5 that compensates <c>aligned=False</c>.</summary>
-    public static RoiBox CropToMap(AugmentRecord record, int mapH, int mapW, bool officialBoxAxes = false)
+    public static RoiBox CropToMap(AugmentRecord record, int mapH, int mapW, bool officialBoxAxes = false, LabelMapRegion region = LabelMapRegion.FullImage)
     {
         var c = record.Crop;
-        double top = c.Top / record.SourceHeight, left = c.Left / record.SourceWidth;
-        double bottom = (c.Top + c.Height) / record.SourceHeight, right = (c.Left + c.Width) / record.SourceWidth;
+        var (fx, fy, fw, fh) = Frame(record, region);
+        double top = (c.Top - fy) / fh, left = (c.Left - fx) / fw;
+        double bottom = (c.Top + c.Height - fy) / fh, right = (c.Left + c.Width - fx) / fw;
         if (officialBoxAxes)
         {
             // Official get_featuremaps: (top, left, bottom, right) · size(3) − 0.5 read as (x1, y1, x2, y2).
@@ -229,7 +241,7 @@ public static class DenseTargets
         var pooled = new float[maps.Count * rows * c];
         Parallel.For(0, maps.Count, b =>
         {
-            var weights = AlignmentWeights(records[b], h, w, l, options.OfficialBoxAxes); // [rows, hw]
+            var weights = AlignmentWeights(records[b], h, w, l, options.OfficialBoxAxes, options.MapRegion); // [rows, hw]
             var m = maps[b];
             var dst = pooled.AsSpan(b * rows * c, rows * c);
             for (int r = 0; r < rows; r++)

@@ -29,7 +29,10 @@ public static class LabelGeneration
         if (options.TopK < 1 || options.TopK > model.NumClasses)
             throw new ArgumentException($"--topk must be in [1, {model.NumClasses}], got {options.TopK}");
         int g = model.GridSize;
-        var header = new LabelStoreHeader(model.NumClasses, options.TopK, g, g, options.AnnotatorName, transform.Size);
+        // At crop_pct 1.0 the annotator sees the centre square of side min(W, H); the header says so.
+        if (transform.Options.CropPct != 1.0)
+            throw new ArgumentException($"label maps are made at crop_pct 1.0 (the whole shorter side), got {transform.Options.CropPct}");
+        var header = new LabelStoreHeader(model.NumClasses, options.TopK, g, g, options.AnnotatorName, transform.Size, Region: LabelMapRegion.CentreSquare);
         model.eval();
         using var writer = LabelStoreWriter.OpenOrCreate(outPath, header);
         var todo = Enumerable.Range(0, dataset.Count).Where(i => !writer.Contains(dataset.GetKey(i))).ToList();

@@ -18,6 +18,21 @@ public enum LabelKeyStyle
     OfficialStem = 1,
 }
 
+/// <summary>Which part of each source image a label map covers.</summary>
+public enum LabelMapRegion
+{
+    /// <summary>The whole image (how the official training code reads its label maps, LVVIT.md §6.2).</summary>
+    FullImage = 0,
+
+    /// <summary>
+    /// The centre square of side min(W, H): what an annotator sees after eval preprocessing with crop_pct 1.0
+    /// (resize the shorter side, centre crop), as <c>label</c> and the official <c>generate_label.py</c> make them.
+    /// The official training ignores this (LVVIT.md §6.5: misaligned for non-square images); stores we write say it,
+    /// so targets follow the image exactly.
+    /// </summary>
+    CentreSquare = 1,
+}
+
 /// <summary>What every record of a store shares.</summary>
 /// <param name="NumClasses">C; class indices lie in [0, C).</param>
 /// <param name="K">Top-k kept per location.</param>
@@ -25,8 +40,9 @@ public enum LabelKeyStyle
 /// <param name="Width">Label-map columns w.</param>
 /// <param name="Annotator">Who made the labels (model name, weights file), for humans.</param>
 /// <param name="Resolution">Input resolution the annotator saw.</param>
+/// <param name="Region">The part of each source image the maps cover.</param>
 public sealed record LabelStoreHeader(int NumClasses, int K, int Height, int Width, string Annotator, int Resolution,
-    LabelKeyStyle KeyStyle = LabelKeyStyle.Full)
+    LabelKeyStyle KeyStyle = LabelKeyStyle.Full, LabelMapRegion Region = LabelMapRegion.FullImage)
 {
     /// <summary>Class indices are int16 when C ≤ 32767, else int32 (exact, unlike the official fp16 indices).</summary>
     public int IndexBytes => NumClasses <= short.MaxValue ? 2 : 4;
@@ -60,7 +76,7 @@ public sealed class LabelStoreException(string path, string? record, string prob
 /// A read-only, memory-mapped token-label store: one file per dataset holding a top-k label map per image.
 /// <para>
 /// Layout (little-endian): a 512-byte header (magic <c>ATKLABEL</c>, version, classes, k, h, w, resolution,
-/// index width, key style, annotator, CRC-32 of the header); records (magic <c>TLRC</c>, key, k·h·w fp16 values,
+/// index width, key style, annotator, map region, CRC-32 of the header); records (magic <c>TLRC</c>, key, k·h·w fp16 values,
 /// k·h·w int16/int32 class indices, CRC-32 of the record); an index (magic <c>TLIX</c>, count, key → offset,
 /// CRC-32); a 24-byte footer (index offset, count, CRC-32, magic <c>ATKLEND1</c>). A store without a valid footer
 /// is an interrupted write: <see cref="LabelStoreWriter"/> resumes it.
@@ -68,7 +84,7 @@ public sealed class LabelStoreException(string path, string? record, string prob
 /// </summary>
 public sealed class LabelStore : IDisposable
 {
-    internal const int HeaderSize = 512, FooterSize = 24, MaxAnnotatorBytes = 400, Version = 1;
+    internal const int HeaderSize = 512, FooterSize = 24, MaxAnnotatorBytes = 400, Version = 1, RegionOffset = 444;
     internal static readonly byte[] HeaderMagic = "ATKLABEL"u8.ToArray();
     internal static readonly byte[] FooterMagic = "ATKLEND1"u8.ToArray();
     internal const uint RecordMagic = 0x43524C54; // "TLRC"
@@ -161,6 +177,7 @@ public sealed class LabelStore : IDisposable
         BinaryPrimitives.WriteInt32LittleEndian(s[36..], (int)h.KeyStyle);
         int n = Encoding.UTF8.GetBytes(h.Annotator, s[42..(42 + MaxAnnotatorBytes)]);
         BinaryPrimitives.WriteUInt16LittleEndian(s[40..], (ushort)n);
+        BinaryPrimitives.WriteInt32LittleEndian(s[RegionOffset..], (int)h.Region);
         BinaryPrimitives.WriteUInt32LittleEndian(s[(HeaderSize - 4)..], Crc32.Compute(s[..(HeaderSize - 4)]));
         return b;
     }
@@ -178,9 +195,11 @@ public sealed class LabelStore : IDisposable
         if (n > MaxAnnotatorBytes) throw new LabelStoreException(path, null, "invalid annotator length");
         var style = (LabelKeyStyle)BinaryPrimitives.ReadInt32LittleEndian(s[36..]);
         if (!Enum.IsDefined(style)) throw new LabelStoreException(path, null, $"unknown key style {(int)style}");
+        var region = (LabelMapRegion)BinaryPrimitives.ReadInt32LittleEndian(s[RegionOffset..]);
+        if (!Enum.IsDefined(region)) throw new LabelStoreException(path, null, $"unknown map region {(int)region}");
         var h = new LabelStoreHeader(BinaryPrimitives.ReadInt32LittleEndian(s[12..]), BinaryPrimitives.ReadInt32LittleEndian(s[16..]),
             BinaryPrimitives.ReadInt32LittleEndian(s[20..]), BinaryPrimitives.ReadInt32LittleEndian(s[24..]),
-            Encoding.UTF8.GetString(s.Slice(42, n)), BinaryPrimitives.ReadInt32LittleEndian(s[28..]), style);
+            Encoding.UTF8.GetString(s.Slice(42, n)), BinaryPrimitives.ReadInt32LittleEndian(s[28..]), style, region);
         h.Validate(path);
         if (BinaryPrimitives.ReadInt32LittleEndian(s[32..]) != h.IndexBytes)
             throw new LabelStoreException(path, null, $"index width {BinaryPrimitives.ReadInt32LittleEndian(s[32..])} does not fit {h.NumClasses} classes");

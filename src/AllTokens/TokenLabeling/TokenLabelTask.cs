@@ -18,13 +18,14 @@ public interface ITokenTargetSource
 /// <c>IImageDataset.GetKey</c> into a <see cref="LabelStore"/>) follows the sample's <see cref="AugmentRecord"/>.
 /// A batch without records is taken as untransformed (the whole map is the crop).
 /// </summary>
-public sealed class StoredTargetSource(Func<int, LabelMap> labelsForIndex) : ITokenTargetSource
+/// <param name="region">The part of each source image the maps cover (the store header's <see cref="LabelStoreHeader.Region"/>).</param>
+public sealed class StoredTargetSource(Func<int, LabelMap> labelsForIndex, LabelMapRegion region = LabelMapRegion.FullImage) : ITokenTargetSource
 {
     /// <summary>Labels of <paramref name="dataset"/>'s samples from <paramref name="store"/>, checked against the dataset once.</summary>
     public static StoredTargetSource FromStore(LabelStore store, IImageDataset dataset)
     {
         store.CheckMatches(Enumerable.Range(0, dataset.Count).Select(dataset.GetKey).ToList(), dataset.ClassNames.Count, dataset.Source);
-        return new StoredTargetSource(i => store.Get(dataset.GetKey(i)));
+        return new StoredTargetSource(i => store.Get(dataset.GetKey(i)), store.Header.Region);
     }
 
     public TokenTargets Targets(Batch batch, DenseTargetOptions options)
@@ -32,7 +33,7 @@ public sealed class StoredTargetSource(Func<int, LabelMap> labelsForIndex) : ITo
         var maps = batch.Indices.Select(labelsForIndex).ToList();
         IReadOnlyList<AugmentRecord> records = batch.Augments
             ?? Enumerable.Repeat(AugmentRecord.None((int)batch.Images.shape[3], (int)batch.Images.shape[2]), batch.Size).ToList();
-        return DenseTargets.FromLabelMaps(maps, records, options, batch.Labels, batch.Images.device);
+        return DenseTargets.FromLabelMaps(maps, records, options with { MapRegion = region }, batch.Labels, batch.Images.device);
     }
 }
 

@@ -105,6 +105,33 @@ public class DenseTargetsTests
     }
 
     [Fact]
+    public void CentreSquareMapsAreAlignedOnNonSquareImages()
+    {
+        // A 96×64 image: the annotator (crop_pct 1.0) saw its centre 64×64 square, x ∈ [16, 80).
+        var rec = new AugmentRecord(AugmentOrder.TokenLabel, 96, 64, false, [], new CropBox(0, 16, 64, 64), 64, 64);
+        Assert.Equal(new RoiBox(-0.5f, -0.5f, 7.5f, 7.5f), DenseTargets.CropToMap(rec, 8, 8, region: LabelMapRegion.CentreSquare));
+        // Read as covering the whole image (the official reading), the same crop lands at x ∈ [16/96, 80/96)·8 − 0.5.
+        var full = DenseTargets.CropToMap(rec, 8, 8);
+        Assert.Equal(16.0 / 96 * 8 - 0.5, full.X1, 5);
+        Assert.Equal(80.0 / 96 * 8 - 0.5, full.X2, 5);
+        Assert.Equal((-0.5f, 7.5f), (full.Y1, full.Y2));
+        // A wider 160×64 image (square x ∈ [48, 112)), whole-image crop, flipped, L = 5 (32-px token columns).
+        // Box x: (0 − 48)/64·8 − 0.5 = −6.5 … (160 − 48)/64·8 − 0.5 = 13.5; bins of 4 with 4 samples.
+        // Column 0 samples x = −6…−3 (< −1: nothing → uniform); column 1 x = −2…1 reads the flipped map's first
+        // columns = the square's right edge (classes 1/3); column 3 x = 6…9 its left edge (0/2); column 4 nothing.
+        using var _ = torch.NewDisposeScope();
+        var wide = new AugmentRecord(AugmentOrder.TokenLabel, 160, 64, true, [], new CropBox(0, 0, 64, 160), 64, 64);
+        var t = DenseTargets.FromLabelMaps([QuadrantMap()], [wide],
+            new DenseTargetOptions(Classes, 5, Smoothing: 0, MapRegion: LabelMapRegion.CentreSquare)).Tokens![0];
+        Assert.All(t[0].data<float>().ToArray(), p => Assert.Equal(0.25f, p, 5));
+        Assert.All(t[4].data<float>().ToArray(), p => Assert.Equal(0.25f, p, 5));
+        Assert.Equal(1L, t[1].argmax().item<long>());
+        Assert.Equal(0L, t[3].argmax().item<long>());
+        Assert.Equal(3L, t[4 * 5 + 1].argmax().item<long>());
+        Assert.Equal(2L, t[4 * 5 + 3].argmax().item<long>());
+    }
+
+    [Fact]
     public void OutOfImageTokensGetUniformLogits()
     {
         // A translation by half the width (x_in = x + 32): the right half of the output reads outside → value 0 →

@@ -10,7 +10,8 @@ public sealed class LabelStoreTests : IDisposable
 
     private string StorePath => Path.Combine(dir, "labels.atl");
 
-    private static readonly LabelStoreHeader Head = new(NumClasses: 10, K: 2, Height: 3, Width: 2, Annotator: "lvvit_t@test.safetensors", Resolution: 48);
+    private static readonly LabelStoreHeader Head = new(NumClasses: 10, K: 2, Height: 3, Width: 2, Annotator: "lvvit_t@test.safetensors", Resolution: 48,
+        Region: LabelMapRegion.CentreSquare);
 
     // fp16-exact values (multiples of 1/8, small) so a round trip compares exactly.
     private static LabelMap Map(int seed, LabelStoreHeader? h = null)

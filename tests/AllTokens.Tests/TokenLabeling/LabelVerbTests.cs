@@ -86,6 +86,7 @@ public sealed class LabelVerbTests : IDisposable
             Assert.Equal(6, s.Count);
             Assert.Equal((2, 2, 2, 2, 32), (s.Header.NumClasses, s.Header.K, s.Header.Height, s.Header.Width, s.Header.Resolution));
             Assert.Contains("lvvit_t", s.Header.Annotator);
+            Assert.Equal(LabelMapRegion.CentreSquare, s.Header.Region); // 40×32 images, crop_pct 1.0: the centre 32×32
             var loaded = ModelWeights.Load(new ModelRequest(Weights: weights));
             using var model = loaded.Model;
             var ds = LabelDatasets.Open(data);

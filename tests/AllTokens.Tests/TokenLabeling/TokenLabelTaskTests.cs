@@ -31,7 +31,7 @@ public sealed class TokenLabelTaskTests : IDisposable
     {
         string store = Path.Combine(dir, "official.atl");
         var header = OfficialLabelImport.Import(Fixture, store, numClasses: 40, cancel: TestContext.Current.CancellationToken);
-        Assert.Equal((3, 2, 4, LabelKeyStyle.OfficialStem), (header.K, header.Height, header.Width, header.KeyStyle));
+        Assert.Equal((3, 2, 4, LabelKeyStyle.OfficialStem, LabelMapRegion.FullImage), (header.K, header.Height, header.Width, header.KeyStyle, header.Region));
         using (var s = LabelStore.Open(store))
         {
         Assert.Equal(3, s.Count);
