@@ -143,6 +143,16 @@ public static class BenchVerb
     /// <summary>The step the model trains with: token labeling for LV-ViT models with an aux head (unless --task ce).</summary>
     internal static Training.ITrainTask BenchTask(Models.ImageClassifier model, string kind, out string taskName)
     {
+        if (kind == "auto" && model.HasTokenHead)
+        {
+            // As in token-label training: dense targets from 18×18 top-5 maps (the official NFNet-F6 map size), MixToken,
+            // cls + β·token soft CE with the official β = 1.
+            var maps = TokenLabeling.StepBenchmark.SyntheticMaps(1, model.NumClasses);
+            var source = new TokenLabeling.StoredTargetSource(_ => maps[0]);
+            taskName = "token labeling + MixToken";
+            return new TokenLabeling.TokenLabelTask(model, source, new TokenLabeling.TokenLabelTaskOptions(
+                new TokenLabeling.DenseTargetOptions(model.NumClasses, model.GridSize), new TokenLabeling.TokenLabelLossOptions(DenseWeight: 1.0)));
+        }
         taskName = "cross-entropy";
         return new Training.ClassificationTask(model, smoothing: 0.1);
     }

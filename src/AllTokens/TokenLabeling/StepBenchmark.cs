@@ -26,11 +26,12 @@ public sealed record StepBenchmarkResult(double PlainMs, double TokenLabelMs, do
 /// </summary>
 public static class StepBenchmark
 {
-    public static StepBenchmarkResult Run(ImageClassifier model, int batchSize, int steps, int mapSize = 18, int topK = 5, int warmup = 2, ulong seed = 0)
+    /// <summary>Random top-k label maps (distinct classes per location) for batch indices 0..count−1.</summary>
+    public static LabelMap[] SyntheticMaps(int count, int numClasses, int mapSize = 18, int topK = 5, ulong seed = 0)
     {
-        int c = model.NumClasses, img = model.Options.ImgSize, hw = mapSize * mapSize;
+        int c = numClasses, hw = mapSize * mapSize;
         var rnd = new StatefulRandom(seed);
-        var maps = Enumerable.Range(0, batchSize).Select(_ =>
+        return Enumerable.Range(0, count).Select(_ =>
         {
             var v = new float[topK * hw];
             var ix = new int[topK * hw];
@@ -42,6 +43,13 @@ public static class StepBenchmark
                 }
             return new LabelMap(topK, mapSize, mapSize, v, ix);
         }).ToArray();
+    }
+
+    public static StepBenchmarkResult Run(ImageClassifier model, int batchSize, int steps, int mapSize = 18, int topK = 5, int warmup = 2, ulong seed = 0)
+    {
+        int c = model.NumClasses, img = model.Options.ImgSize;
+        var rnd = new StatefulRandom(seed + 1);
+        var maps = SyntheticMaps(batchSize, c, mapSize, topK, seed);
         var source = new StoredTargetSource(i => maps[i]);
         var targetOptions = new DenseTargetOptions(c, model.GridSize);
         var task = new TokenLabelTask(model, source, new TokenLabelTaskOptions(targetOptions, new TokenLabelLossOptions(DenseWeight: 1.0), Seed: seed));
