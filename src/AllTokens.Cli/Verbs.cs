@@ -15,6 +15,7 @@ public static class Verbs
         BenchVerb.Verb,
         VisualizeVerb.Verb,
         DoctorVerb.Verb,
+        DemoVerb.Verb,
     ];
 
     public static string Overview()

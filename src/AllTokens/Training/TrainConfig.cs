@@ -112,7 +112,7 @@ public sealed class TrainConfig
     // ---- token labeling (the token-label task) ----
     /// <summary>Train with token labels (stored in <see cref="TokenLabelData"/>, or from <see cref="Teacher"/> online).</summary>
     public bool TokenLabel { get; set; }
-    /// <summary>Label store written by <c>alltokens label</c> (or imported official label data).</summary>
+    /// <summary>Label store written by <c>alltokens label</c> (or imported official label data); <c>ground-truth</c> trains every token on the image label (no label data).</summary>
     public string? TokenLabelData { get; set; }
     /// <summary>Token grid side L of the labels (img_size/16); 1 is ReLabel mode (class token only). Default: the model's grid.</summary>
     public int? TokenLabelSize { get; set; }

@@ -103,6 +103,12 @@ public static class TrainSetup
     }
 
     /// <summary>
+    /// <c>token_label_data</c> value for training without label data (official 2-D targets): the class token and every
+    /// patch token learn the image's smoothed one-hot label (transfer recipe; also how the demo trains its annotator).
+    /// </summary>
+    public const string GroundTruthLabels = "ground-truth";
+
+    /// <summary>
     /// The task for a config: plain classification (with Mixup/CutMix if set), or token labeling when <c>token_label</c>
     /// is set — labels from the store in <c>token_label_data</c> (checked against the training set) or, online, from
     /// the <c>teacher</c> model.
@@ -122,10 +128,15 @@ public static class TrainSetup
                 "official" => TokenLabeling.GroundTruthBlend.Official,
                 _ => TokenLabeling.GroundTruthBlend.None,
             });
+        bool groundTruth = config.TokenLabelData == GroundTruthLabels;
         var loss = new TokenLabeling.TokenLabelLossOptions(config.ClsWeight, config.DenseWeight,
-            labelSize == 1 ? TokenLabeling.TokenLabelLossMode.ReLabel : TokenLabeling.TokenLabelLossMode.Dense);
+            labelSize == 1 ? TokenLabeling.TokenLabelLossMode.ReLabel
+            : groundTruth ? TokenLabeling.TokenLabelLossMode.TwoD
+            : TokenLabeling.TokenLabelLossMode.Dense);
         TokenLabeling.ITokenTargetSource source;
-        if (config.Teacher is { } teacherName)
+        if (groundTruth)
+            source = new TokenLabeling.GroundTruthTargetSource();
+        else if (config.Teacher is { } teacherName)
         {
             var loaded = ModelWeights.Load(new ModelRequest(teacherName, config.TeacherWeights, model.NumClasses));
             owned?.Add(loaded.Model);
