@@ -525,20 +525,23 @@ public sealed class Trainer : IDisposable
                (s.WorldSize != group.Size ? $" (saved by {s.WorldSize} rank(s), global batch {s.GlobalBatchSize ?? config.BatchSize}; now {group.Size}, global batch {GlobalBatchSize})" : ""));
     }
 
+    private int ResumeBatch(TrainState s, string path) =>
+        ResumePosition(s.Batch, s.GlobalBatchSize ?? config.BatchSize, GlobalBatchSize, // checkpoints from before data parallelism: one process
+            $"{path}: saved mid-epoch {s.Epoch} by {s.WorldSize} rank(s)", $"resume with {s.WorldSize} rank(s)");
+
     /// <summary>
-    /// The global batch to resume at under this run's rank count. The checkpoint's position is a number of samples into
-    /// the epoch's order (batch × its global batch); another rank count continues from the same sample when its global
-    /// batch divides that number, and is refused otherwise (an epoch-end checkpoint always fits).
+    /// The global batch to resume at when the global batch changes (another rank count). A checkpoint's position is a
+    /// number of samples into the epoch's order, <paramref name="savedBatch"/> × <paramref name="savedGlobalBatch"/>;
+    /// the run continues from that sample when <paramref name="globalBatch"/> divides it, and is refused otherwise
+    /// (an epoch-end checkpoint, batch 0, always fits).
     /// </summary>
-    private int ResumeBatch(TrainState s, string path)
+    public static int ResumePosition(int savedBatch, int savedGlobalBatch, int globalBatch, string where = "checkpoint", string fix = "resume with the rank count that saved it")
     {
-        int savedGlobal = s.GlobalBatchSize ?? config.BatchSize; // checkpoints from before data parallelism: one process
-        long samples = (long)s.Batch * savedGlobal;
-        if (samples % GlobalBatchSize != 0)
-            throw new InvalidOperationException($"{path}: saved mid-epoch at global batch {s.Batch} of {savedGlobal} images ({s.WorldSize} rank(s)), sample {samples} of epoch {s.Epoch}; " +
-                                                $"with {group.Size} rank(s) the global batch is {GlobalBatchSize}, which does not divide {samples}: resume with {s.WorldSize} rank(s), " +
-                                                "or from a checkpoint at an epoch end");
-        return checked((int)(samples / GlobalBatchSize));
+        long samples = (long)savedBatch * savedGlobalBatch;
+        if (samples % globalBatch != 0)
+            throw new InvalidOperationException($"{where} at global batch {savedBatch} of {savedGlobalBatch} images (sample {samples} of the epoch); the global batch is now " +
+                                                $"{globalBatch}, which does not divide {samples}: {fix}, or from a checkpoint at an epoch end");
+        return checked((int)(samples / globalBatch));
     }
 
     /// <summary>Makes every rank start from rank 0's weights, buffers, masters, EMA and optimizer state.</summary>
