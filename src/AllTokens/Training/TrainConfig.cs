@@ -142,6 +142,8 @@ public sealed class TrainConfig
     public int SaveEverySteps { get; set; }
     /// <summary>Validate every this many epochs (and always after the last).</summary>
     public int EvalEvery { get; set; } = 1;
+    /// <summary>Data parallelism: auto (Open MPI when launched by mpirun), mpi (required) or none (one process).</summary>
+    public string Distributed { get; set; } = "auto";
 
     // ---- schema ----
 
@@ -356,6 +358,7 @@ public sealed class TrainConfig
         Require(EvalEvery >= 1, "eval_every", "must be ≥ 1");
         Require(TrainTransform is "timm" or "cifar" or "none", "train_transform", "must be timm, cifar or none");
         Require(Seed >= 0, "seed", "must be ≥ 0");
+        Require(Distributed is "auto" or "mpi" or "none", "distributed", "must be auto, mpi or none");
         Require(GroundTruth is "none" or "corrected" or "official", "ground_truth", "must be none, corrected or official");
         Require(DenseWeight >= 0, "dense_weight", "must be ≥ 0");
         Require(ClsWeight >= 0, "cls_weight", "must be ≥ 0");
