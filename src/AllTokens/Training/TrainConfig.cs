@@ -363,8 +363,6 @@ public sealed class TrainConfig
         Require(DenseWeight >= 0, "dense_weight", "must be ≥ 0");
         Require(ClsWeight >= 0, "cls_weight", "must be ≥ 0");
         Require(TokenLabelSize is null or >= 1, "token_label_size", "must be ≥ 1");
-        Require(!TokenLabel || TokenLabelData is not null || Teacher is not null, "token_label",
-            "needs token_label_data (a store from `alltokens label`) or teacher (online labels)");
         Require(Teacher is null || TeacherWeights is not null, "teacher_weights", "must be set with teacher");
         Require(Remode is "pixel" or "rand" or "const", "remode", "must be pixel, rand or const");
         Require(TrainInterpolation is "random" or "bilinear" or "bicubic", "train_interpolation", "must be random, bilinear or bicubic");

@@ -85,6 +85,8 @@ public static class TrainSetup
         int numClasses = config.NumClasses ?? data.ClassNames.Count;
         if (numClasses < data.ClassNames.Count)
             throw new ArgumentException($"num_classes {numClasses} is smaller than the {data.ClassNames.Count} classes of {data.Train.Dataset.Source}");
+        // The initial weights follow the seed, so a rerun (or the demo) starts from the same model.
+        torch.manual_seed(config.Seed);
         var model = info.Create(new ModelOptions(numClasses, imgSize, config.DropPath, config.Drop));
         var owned = new List<IDisposable>();
         try
@@ -123,6 +125,9 @@ public static class TrainSetup
     {
         if (!config.TokenLabel)
             return new ClassificationTask(model, config.Smoothing, config.MixupOptions(), (ulong)config.Seed);
+        if (config.TokenLabelData is null && config.Teacher is null)
+            throw new RecipeException("token_label: true needs token_label_data (a store written by `alltokens label`, or " +
+                                      $"'{GroundTruthLabels}' for 2-D targets) or teacher + teacher_weights (online labels)");
         if (config.Mixup > 0 || config.Cutmix > 0)
             throw new RecipeException("token_label: Mixup/CutMix are off in every token-labeling recipe (MixToken replaces them); set mixup and cutmix to 0");
         int labelSize = config.TokenLabelSize ?? model.GridSize;
