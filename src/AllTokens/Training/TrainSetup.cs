@@ -1,5 +1,6 @@
 using AllTokens.Checkpoints;
 using AllTokens.Models;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace AllTokens.Training;
@@ -73,6 +74,10 @@ public static class TrainSetup
         int numClasses = config.NumClasses ?? data.ClassNames.Count;
         if (numClasses < data.ClassNames.Count)
             throw new ArgumentException($"num_classes {numClasses} is smaller than the {data.ClassNames.Count} classes of {data.Train.Dataset.Source}");
+        // Seed before building: the initial weights (and T2T's fixed Performer projections) come from torch's default
+        // generator, so without this two runs with the same seed started from different models (found by the kill -9
+        // fault test). The trainer seeds again before the first step, or restores the generator on resume.
+        torch.manual_seed(config.Seed);
         var model = info.Create(new ModelOptions(numClasses, imgSize, config.DropPath, config.Drop));
         try
         {
