@@ -3,34 +3,51 @@ using System.Text.Json;
 using AllTokens.Data.Datasets;
 using AllTokens.Data.Evaluation;
 using AllTokens.Data.Transforms;
+using TorchSharp;
 
 namespace AllTokens.Cli;
 
 public static class BenchVerb
 {
-    public static readonly Verb Verb = new(new VerbSpec("bench", "measure loader throughput (decode + full train transform + collate), images/s",
-        "--data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
+    public static readonly Verb Verb = new(new VerbSpec("bench", "measure throughput: a model's train step and inference, or the data loader (images/s)",
+        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--threads T] [--bf16] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
     [
+        new OptionSpec("model", "M", "benchmark this model's train step and inference on synthetic data"),
+        new OptionSpec("steps", "N", "timed steps (model mode)", "10"),
+        new OptionSpec("warmup", "W", "untimed steps first (model mode)", "3"),
+        new OptionSpec("num-classes", "N", "classifier width (model mode)", "1000"),
+        new OptionSpec("bf16", null, "bf16 compute with fp32 master weights (model mode)"),
+        new OptionSpec("task", "ce|auto", "model mode: 'auto' uses the token-labeling step for LV-ViT models (as in their training), 'ce' plain cross-entropy", "auto"),
+        CliCommon.ThreadsOption,
+        CliCommon.DeviceOption,
         new OptionSpec("data", "PATH", "dataset folder: ImageFolder, IDX (MNIST/Fashion-MNIST) or CIFAR-10/100 binary"),
         new OptionSpec("split", "S", "train or val", "train"),
-        new OptionSpec("res", "R", "output resolution", "224"),
+        new OptionSpec("res", "R", "resolution (default: the model's, or 224 for --data)"),
         new OptionSpec("workers", "W", "loader threads (0 = on the main thread; default: the core count)"),
-        new OptionSpec("batch", "B", "batch size", "64"),
+        new OptionSpec("batch", "B", "batch size (default: 8 for --model, 64 for --data)"),
         new OptionSpec("batches", "N", "batches to time", "20"),
         new OptionSpec("aa", "CONFIG", "RandAugment string, or 'none'", "rand-m9-mstd0.5-inc1"),
         new OptionSpec("reprob", "P", "RandomErasing probability", "0.25"),
         new OptionSpec("order", "O", "timm (crop first) or token-label (RandAugment on the full image first)", "timm"),
         new OptionSpec("seed", "S", "seed of the shuffle and the transforms", "0"),
         new OptionSpec("json", null, "print the result as JSON"),
-    ], details: "The transform is the full training one (RandomResizedCrop, flip, RandAugment, normalise, RandomErasing)."), Run);
+    ], details: "Model mode: a train step is forward + loss + backward + AdamW step; inference is the eval forward without gradients; " +
+                "figures are medians over --steps after --warmup. Data mode: the full training transform (RandomResizedCrop, flip, " +
+                "RandAugment, normalise, RandomErasing) on worker threads, collated into batches."), Run);
 
     private static int Run(ParsedArgs a, Console2 io)
     {
+        if (a.String("model") is not null)
+        {
+            if (a.String("data") is not null) throw new UsageException("give either --model or --data, not both");
+            return RunModel(a, io);
+        }
+        if (a.String("data") is null) throw new UsageException("bench needs --model M (train/inference speed) or --data PATH (loader speed)");
         string data = a.Required("data");
         string split = a.Choice("split", "train", "val");
-        int res = a.Int("res", 8, 4096)!.Value;
+        int res = a.Int("res", 8, 4096) ?? 224;
         int workers = a.Int("workers", 0, 256) ?? Environment.ProcessorCount;
-        int batch = a.Int("batch", 1, 65536)!.Value;
+        int batch = a.Int("batch", 1, 65536) ?? 64;
         int batches = a.Int("batches", 1, 1_000_000)!.Value;
         string aa = a.Required("aa");
         string order = a.Choice("order", "timm", "token-label");
@@ -76,5 +93,67 @@ public static class BenchVerb
                 $"{r.Images} images in {r.Seconds:F2} s: {r.ImagesPerSecond:F1} images/s ({r.Workers} workers, {r.Resolution} px, batch {r.BatchSize}, {dataset.Source})"));
         }
         return 0;
+    }
+
+    private static int RunModel(ParsedArgs a, Console2 io)
+    {
+        CliCommon.ApplyThreads(a);
+        var device = CliCommon.ResolveDevice(a);
+        string name = a.Required("model");
+        var info = Models.ModelRegistry.Get(name);
+        int res = a.Int("res", 16, 4096) ?? info.Defaults.ImgSize;
+        int batch = a.Int("batch", 1, 65536) ?? 8;
+        int steps = a.Int("steps", 1, 1_000_000)!.Value, warmup = a.Int("warmup", 0, 1_000_000)!.Value;
+        int classes = a.Int("num-classes", 1, 1_000_000)!.Value;
+        bool bf16 = a.Flag("bf16");
+        string taskKind = a.Choice("task", "auto", "ce");
+        torch.manual_seed(0);
+        using var model = info.Create(new Models.ModelOptions(classes, res));
+        var task = BenchTask(model, taskKind, out string taskName);
+        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup} warmup + {steps} timed steps"));
+        var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device);
+        if (a.Flag("json"))
+        {
+            io.Out.WriteLine(JsonSerializer.Serialize(new
+            {
+                impl = "alltokens",
+                model = name,
+                res,
+                batch,
+                threads = torch.get_num_threads(),
+                bf16,
+                task = taskName,
+                train_images_per_s = r.TrainImagesPerSecond,
+                infer_images_per_s = r.InferImagesPerSecond,
+                median_step_s = r.MedianTrainStepSeconds,
+                median_infer_s = r.MedianInferStepSeconds,
+                peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
+            }));
+        }
+        else
+        {
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: train {r.TrainImagesPerSecond:F1} img/s (median step {r.MedianTrainStepSeconds * 1000:F0} ms), " +
+                $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB"));
+        }
+        return 0;
+    }
+
+    /// <summary>The step the model trains with: token labeling for LV-ViT models with an aux head (unless --task ce).</summary>
+    internal static Training.ITrainTask BenchTask(Models.ImageClassifier model, string kind, out string taskName)
+    {
+        if (kind == "auto" && model.HasTokenHead)
+        {
+            // As in token-label training: dense targets from 18×18 top-5 maps (the official NFNet-F6 map size), MixToken,
+            // cls + β·token soft CE with the official β = 1.
+            var maps = TokenLabeling.StepBenchmark.SyntheticMaps(1, model.NumClasses);
+            var source = new TokenLabeling.StoredTargetSource(_ => maps[0]);
+            taskName = "token labeling + MixToken";
+            return new TokenLabeling.TokenLabelTask(model, source, new TokenLabeling.TokenLabelTaskOptions(
+                new TokenLabeling.DenseTargetOptions(model.NumClasses, model.GridSize), new TokenLabeling.TokenLabelLossOptions(DenseWeight: 1.0)));
+        }
+        taskName = "cross-entropy";
+        return new Training.ClassificationTask(model, smoothing: 0.1);
     }
 }

@@ -18,7 +18,8 @@ public static class TrainVerb
         "--model M --data PATH [--recipe FILE] [--epochs E] [--batch B] [--lr LR] [--seed S] [--init-from W] [--img-size R] [--num-classes N] [--out RUN_DIR] [--resume] [--bf16] [--set KEY=VALUE]...",
     [
         new OptionSpec("model", "M", "registered model name (or the recipe's 'model')"),
-        new OptionSpec("data", "PATH", "dataset folder (Fashion-MNIST IDX for now)"),
+        new OptionSpec("data", "PATH", "dataset folder: ImageFolder (train/, val/), MNIST-style IDX or CIFAR-10/100 binary"),
+        new OptionSpec("strict-data", null, "stop at a corrupt or unreadable image instead of skipping it with a warning"),
         new OptionSpec("recipe", "FILE", "YAML recipe (recipes/*.yaml); flags override its values"),
         new OptionSpec("epochs", "E", "cosine epochs (cooldown epochs are added on top)"),
         new OptionSpec("batch", "B", "images per micro-batch (batch_size)"),
@@ -94,7 +95,7 @@ public static class TrainVerb
             return 0;
         }
         var bar = new ProgressPrinter(io.Err, IsTerminal(io.Err));
-        using var session = TrainSetup.Create(config, runDir, resume, device, bar);
+        using var session = TrainSetup.Create(config, runDir, resume, device, bar, line => io.Err.WriteLine(line));
         if (session.InitReport is not null) io.Err.WriteLine(session.InitReport.ToString());
         io.Err.WriteLine($"training {config.Model} on {session.Data.Train.Dataset.Source}: {session.Data.Train.BatchesPerEpoch * config.BatchSize} of {session.Data.Train.Dataset.Count} images, " +
                          $"{session.Data.Train.BatchesPerEpoch} batches of {config.BatchSize} per epoch, {config.Epochs}+{config.CooldownEpochs} epochs → {runDir}");
@@ -139,6 +140,7 @@ public static class TrainVerb
         foreach (var (flag, key) in KeyFlags)
             if (a.String(flag) is { } v && a.Has(flag)) d[key] = v;
         if (a.Flag("bf16")) d["bf16"] = "true";
+        if (a.Flag("strict-data")) d["strict_data"] = "true";
         foreach (var kv in a.All("set"))
         {
             int eq = kv.IndexOf('=');

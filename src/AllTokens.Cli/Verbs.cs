@@ -9,11 +9,13 @@ public static class Verbs
         ModelsVerb.Verb,
         PredictVerb.Verb,
         ConvertVerb.Verb,
+        LabelVerb.Verb,
         TrainVerb.Verb,
         EvalVerb.Verb,
         BenchVerb.Verb,
         VisualizeVerb.Verb,
         DoctorVerb.Verb,
+        DemoVerb.Verb,
     ];
 
     public static string Overview()

@@ -40,12 +40,17 @@ public sealed class ClassificationTask : ITrainTask
             images = images.clone(); // the batch stays as the loader made it
             Training.Mixup.Apply(images, LastDraw);
             var targets = Training.Mixup.Targets(labels, Model.NumClasses, Smoothing, LastDraw.Lambda);
-            var logits = Model.ForwardTrain(images).Logits;
+            var logits = Logits(images);
             return new TaskOutput(Losses.SoftTargetCrossEntropy(logits, targets), logits);
         }
-        var l = Model.ForwardTrain(images).Logits;
+        var l = Logits(images);
         return new TaskOutput(Losses.CrossEntropy(l, labels, Smoothing), l);
     }
+
+    // A model with a token head (lvvit_*) trained on class labels alone learns its evaluated prediction,
+    // head(cls) + 0.5·max aux_head(tokens), so the aux head is trained rather than left random (the official code
+    // crashes here instead, TokenLabeling issue #6). Other models: the class logits.
+    private Tensor Logits(Tensor images) => Model.HasTokenHead ? Model.call(images) : Model.ForwardTrain(images).Logits;
 
     public string SaveState() => rng.SaveState();
 

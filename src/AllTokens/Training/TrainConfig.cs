@@ -31,6 +31,8 @@ public sealed class TrainConfig
     public int? ValSubset { get; set; }
     /// <summary>Loader worker threads.</summary>
     public int Workers { get; set; } = 2;
+    /// <summary>A corrupt or unreadable image stops the run instead of being skipped with a warning.</summary>
+    public bool StrictData { get; set; }
     /// <summary>Weights to start from (fine-tuning): pos-embed resized, head re-initialised on a class-count change.</summary>
     public string? InitFrom { get; set; }
     /// <summary>Take the EMA weights from an <see cref="InitFrom"/> training checkpoint (T2T transfer: use_ema=True).</summary>
@@ -107,12 +109,26 @@ public sealed class TrainConfig
     public double[]? Mean { get; set; }
     public double[]? Std { get; set; }
 
-    // ---- token labeling (consumed by the token-label task) ----
+    // ---- token labeling (the token-label task) ----
+    /// <summary>Train with token labels (stored in <see cref="TokenLabelData"/>, or from <see cref="Teacher"/> online).</summary>
     public bool TokenLabel { get; set; }
+    /// <summary>Label store written by <c>alltokens label</c> (or imported official label data); <c>ground-truth</c> trains every token on the image label (no label data).</summary>
     public string? TokenLabelData { get; set; }
+    /// <summary>Token grid side L of the labels (img_size/16); 1 is ReLabel mode (class token only). Default: the model's grid.</summary>
     public int? TokenLabelSize { get; set; }
-    public double DenseWeight { get; set; } = 1.0;
+    /// <summary>β, the weight of the mean token loss: 0.5 in the paper; the official recipes and code use 1.0.</summary>
+    public double DenseWeight { get; set; } = 0.5;
     public double ClsWeight { get; set; } = 1.0;
+    /// <summary>MixToken on the patch tokens (LV-ViT models with a token head).</summary>
+    public bool MixToken { get; set; } = true;
+    /// <summary>Online token labels: this annotator model labels every augmented batch (no store needed).</summary>
+    public string? Teacher { get; set; }
+    /// <summary>Weights of <see cref="Teacher"/>.</summary>
+    public string? TeacherWeights { get; set; }
+    /// <summary>Blend the class-token target with the ground truth: none (official default), corrected, or official (--ground-truth).</summary>
+    public string GroundTruth { get; set; } = "none";
+    /// <summary>Crop boxes in the official (top, left, bottom, right) axis order, to reproduce official label data exactly.</summary>
+    public bool OfficialBoxAxes { get; set; }
 
     // ---- run ----
     public int Seed { get; set; } = 42;
@@ -348,6 +364,24 @@ public sealed class TrainConfig
         Require(EvalEvery >= 1, "eval_every", "must be ≥ 1");
         Require(TrainTransform is "timm" or "cifar" or "none", "train_transform", "must be timm, cifar or none");
         Require(Seed >= 0, "seed", "must be ≥ 0");
+        Require(GroundTruth is "none" or "corrected" or "official", "ground_truth", "must be none, corrected or official");
+        Require(DenseWeight >= 0, "dense_weight", "must be ≥ 0");
+        Require(ClsWeight >= 0, "cls_weight", "must be ≥ 0");
+        Require(TokenLabelSize is null or >= 1, "token_label_size", "must be ≥ 1");
+        Require(!TokenLabel || TokenLabelData is not null || Teacher is not null, "token_label",
+            "needs token_label_data (a store from `alltokens label`) or teacher (online labels)");
+        Require(Teacher is null || TeacherWeights is not null, "teacher_weights", "must be set with teacher");
+        Require(Remode is "pixel" or "rand" or "const", "remode", "must be pixel, rand or const");
+        Require(TrainInterpolation is "random" or "bilinear" or "bicubic", "train_interpolation", "must be random, bilinear or bicubic");
+        Require(Reprob is >= 0 and <= 1, "reprob", "must be in [0, 1]");
+        Require(Hflip is >= 0 and <= 1, "hflip", "must be in [0, 1]");
+        Require(Scale.Length == 2 && Scale[0] > 0 && Scale[0] <= Scale[1] && Scale[1] <= 1, "scale", "must be two numbers 0 < min ≤ max ≤ 1");
+        Require(Ratio.Length == 2 && Ratio[0] > 0 && Ratio[0] <= Ratio[1], "ratio", "must be two numbers 0 < min ≤ max");
+        if (Aa is { Length: > 0 } aa && aa != "none")
+        {
+            try { AllTokens.Data.Transforms.RandAugmentOptions.Parse(aa); }
+            catch (Exception e) when (e is ArgumentException or FormatException) { throw new RecipeException($"{where}: 'aa' {e.Message}"); }
+        }
     }
 
     /// <summary>The schedule this config describes.</summary>

@@ -1,33 +1,103 @@
 using AllTokens.Data;
+using AllTokens.Data.Datasets;
+using AllTokens.Data.Transforms;
+using AllTokens.Models;
 
 namespace AllTokens.Training;
 
 /// <summary>The data of a run: train and validation batches and the class names.</summary>
-public sealed record TrainDataSources(IBatchSource Train, IBatchSource? Val, IReadOnlyList<string> ClassNames);
+public sealed record TrainDataSources(IBatchSource Train, IBatchSource? Val, IReadOnlyList<string> ClassNames)
+{
+    /// <summary>Samples skipped so far because their files could not be read (train and val).</summary>
+    public long SkippedCount => (Train as DataLoader)?.SkippedCount ?? 0 + ((Val as DataLoader)?.SkippedCount ?? 0);
+}
 
-/// <summary>
-/// The one place where a run's datasets and loaders are built from the config. For now it reads MNIST-style IDX
-/// folders (Fashion-MNIST) into memory; the real loader (ImageFolder, CIFAR, timm train transforms) replaces the body.
-/// </summary>
+/// <summary>The one place where a run's datasets and loaders are built from the config.</summary>
 public static class TrainData
 {
-    /// <summary>Builds the train (shuffled, flipped, drop-last) and validation sources for <paramref name="imgSize"/> inputs.</summary>
-    public static TrainDataSources Open(TrainConfig config, int imgSize)
+    /// <summary>
+    /// Builds the train loader (the recipe's transform, shuffled, drop_last, <c>workers</c> threads) and the validation
+    /// loader (timm eval transform with the model's crop_pct) for <paramref name="imgSize"/> inputs. The dataset format
+    /// (ImageFolder, IDX, CIFAR) is detected from the folder. <paramref name="warn"/> receives one line per skipped file.
+    /// </summary>
+    public static TrainDataSources Open(TrainConfig config, int imgSize, PretrainedDefaults? defaults = null, Action<string>? warn = null)
     {
         string path = config.Data ?? throw new ArgumentException("no dataset given: pass --data PATH (or set 'data' in the recipe)");
-        if (!Directory.Exists(path)) throw new DirectoryNotFoundException($"{path}: no such dataset folder");
-        bool isIdx = Directory.EnumerateFiles(path).Any(f => Path.GetFileName(f).StartsWith("train-images-idx3-ubyte", StringComparison.Ordinal));
-        if (!isIdx)
-            throw new NotSupportedException($"{path}: this build reads MNIST-style IDX folders only (train-images-idx3-ubyte.gz …); ImageFolder and CIFAR come with the data loader");
-        var train = IdxReader.Open(path, "train");
-        var test = IdxReader.Open(path, "test");
-        ulong seed = (ulong)config.Seed;
-        var trainIdx = config.Subset is { } n ? BalancedSubset.Take(train, n, seed) : null;
-        var valIdx = config.ValSubset is { } v ? BalancedSubset.Take(test, v, seed + 1) : null;
-        float[]? mean = config.Mean?.Select(x => (float)x).ToArray(), std = config.Std?.Select(x => (float)x).ToArray();
-        double hflip = config.TrainTransform == "none" ? 0 : config.Hflip;
-        var trainSource = new InMemoryBatchSource(train, config.BatchSize, imgSize, train: true, seed, trainIdx, hflip, mean, std);
-        var valSource = new InMemoryBatchSource(test, config.ValBatchSize ?? config.BatchSize * 2, imgSize, train: false, seed, valIdx, 0, mean, std);
-        return new TrainDataSources(trainSource, valSource, train.ClassNames);
+        defaults ??= new PretrainedDefaults(imgSize, 0.9, "bicubic");
+        IImageDataset train = DatasetFactory.Open(path, "train");
+        IImageDataset? val = OpenValidation(path, train);
+        long seed = config.Seed;
+        if (config.Subset is { } n) train = Subset.Balanced(train, n, seed);
+        if (val is not null && config.ValSubset is { } v) val = Subset.Balanced(val, v, seed + 1);
+        float[] mean = config.Mean?.Select(x => (float)x).ToArray() ?? defaults.Mean;
+        float[] std = config.Std?.Select(x => (float)x).ToArray() ?? defaults.Std;
+
+        ISampleTransform transform = config.TrainTransform switch
+        {
+            "cifar" => new CifarTrainTransform(imgSize, mean, std, config.Hflip),
+            "none" => new EvalSampleTransform(new EvalTransform(new EvalTransformOptions(imgSize, 1.0, Interpolation.Bilinear, mean, std))),
+            _ => new TrainTransform(TimmOptions(config, imgSize, mean, std)),
+        };
+        var trainLoader = new DataLoader(train, transform,
+            new LoaderOptions(config.BatchSize, config.Workers, Shuffle: true, DropLast: true, seed, StrictData: config.StrictData));
+        if (trainLoader.BatchesPerEpoch == 0)
+            throw new ArgumentException($"{train.Source}: {train.Count} images make no full batch of {config.BatchSize}; lower batch_size");
+        DataLoader? valLoader = null;
+        if (val is not null)
+        {
+            var evalOptions = new EvalTransformOptions(imgSize, config.CropPct ?? defaults.CropPct,
+                defaults.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic, mean, std);
+            valLoader = DataLoader.ForEval(val, evalOptions, config.ValBatchSize ?? config.BatchSize * 2, config.Workers, config.StrictData);
+        }
+        if (warn is not null)
+        {
+            trainLoader.Skipped += s => warn($"warning: skipped {s.Key} (epoch {s.Epoch}): {s.Message}");
+            if (valLoader is not null) valLoader.Skipped += s => warn($"warning: skipped {s.Key} (validation): {s.Message}");
+        }
+        return new TrainDataSources(trainLoader, valLoader, train.ClassNames);
+    }
+
+    /// <summary>timm's train transform from the recipe keys; token labeling uses the official order and records geometry.</summary>
+    public static TrainTransformOptions TimmOptions(TrainConfig config, int imgSize, float[] mean, float[] std) => new()
+    {
+        ImgSize = imgSize,
+        Scale = (config.Scale[0], config.Scale[1]),
+        Ratio = (config.Ratio[0], config.Ratio[1]),
+        Interpolation = config.TrainInterpolation switch
+        {
+            "bilinear" => TrainInterpolation.Bilinear,
+            "bicubic" => TrainInterpolation.Bicubic,
+            _ => TrainInterpolation.Random,
+        },
+        HFlip = config.Hflip,
+        AutoAugment = string.IsNullOrWhiteSpace(config.Aa) || config.Aa == "none" ? null : config.Aa,
+        ColorJitter = config.ColorJitter > 0 ? config.ColorJitter : null,
+        ReProb = config.Reprob,
+        ReMode = config.Remode switch
+        {
+            "rand" => EraseMode.Rand,
+            "const" => EraseMode.Const,
+            _ => EraseMode.Pixel,
+        },
+        ReCount = config.Recount,
+        Mean = mean,
+        Std = std,
+        Order = config.TokenLabel ? AugmentOrder.TokenLabel : AugmentOrder.Timm,
+        RecordAugments = config.TokenLabel,
+    };
+
+    // The validation split: IDX/CIFAR test files, ImageFolder val/. A single-split ImageFolder has none (it would be the
+    // training images again), so the run then trains without validation.
+    private static IImageDataset? OpenValidation(string path, IImageDataset train)
+    {
+        try
+        {
+            var val = DatasetFactory.Open(path, "val");
+            return val.Source == train.Source ? null : val;
+        }
+        catch (DatasetException)
+        {
+            return null;
+        }
     }
 }

@@ -8,8 +8,12 @@ namespace AllTokens.Training;
 /// <summary>A ready-to-run training session: model, task, data and trainer built from one config.</summary>
 public sealed class TrainSession : IDisposable
 {
-    internal TrainSession(TrainConfig config, ImageClassifier model, ITrainTask task, TrainDataSources data, Trainer trainer, LoadReport? initReport, bool resume)
+    private readonly List<IDisposable> owned;
+
+    internal TrainSession(TrainConfig config, ImageClassifier model, ITrainTask task, TrainDataSources data, Trainer trainer, LoadReport? initReport, bool resume,
+        List<IDisposable> owned)
     {
+        this.owned = owned;
         Config = config;
         Model = model;
         Task = task;
@@ -34,6 +38,7 @@ public sealed class TrainSession : IDisposable
     {
         Trainer.Dispose();
         Model.Dispose();
+        foreach (var o in owned) o.Dispose();
     }
 }
 
@@ -64,13 +69,14 @@ public static class TrainSetup
     }
 
     /// <summary>Model, weights (<c>init_from</c>), data, task and trainer for <paramref name="config"/>.</summary>
-    public static TrainSession Create(TrainConfig config, string runDir, bool resume, Device? device = null, IProgress<TrainProgress>? progress = null)
+    public static TrainSession Create(TrainConfig config, string runDir, bool resume, Device? device = null, IProgress<TrainProgress>? progress = null,
+        Action<string>? warn = null)
     {
         config.Validate("config");
         string name = config.Model ?? throw new ArgumentException("no model given: pass --model NAME (see `alltokens models`)");
         var info = ModelRegistry.Get(name);
         int imgSize = config.ImgSize ?? info.Defaults.ImgSize;
-        var data = TrainData.Open(config, imgSize);
+        var data = TrainData.Open(config, imgSize, info.Defaults, warn);
         int numClasses = config.NumClasses ?? data.ClassNames.Count;
         if (numClasses < data.ClassNames.Count)
             throw new ArgumentException($"num_classes {numClasses} is smaller than the {data.ClassNames.Count} classes of {data.Train.Dataset.Source}");
@@ -79,6 +85,7 @@ public static class TrainSetup
         // fault test). The trainer seeds again before the first step, or restores the generator on resume.
         torch.manual_seed(config.Seed);
         var model = info.Create(new ModelOptions(numClasses, imgSize, config.DropPath, config.Drop));
+        var owned = new List<IDisposable>();
         try
         {
             LoadReport? report = null;
@@ -87,22 +94,68 @@ public static class TrainSetup
                 var file = ModelWeights.Read(init, config.InitEma);
                 report = WeightLoader.LoadInto(model, file.StateDict, init);
             }
-            var task = CreateTask(config, model);
+            var task = CreateTask(config, model, data, owned, device);
             var trainer = new Trainer(config, task, data.Train, data.Val, new RunInfo(runDir, name, data.ClassNames, device), progress);
-            return new TrainSession(config, model, task, data, trainer, report, resume);
+            return new TrainSession(config, model, task, data, trainer, report, resume, owned);
         }
         catch
         {
             model.Dispose();
+            foreach (var o in owned) o.Dispose();
             throw;
         }
     }
 
-    /// <summary>The task for a config: plain classification, or token labeling (its own issue) when <c>token_label</c> is set.</summary>
-    public static ITrainTask CreateTask(TrainConfig config, ImageClassifier model)
+    /// <summary>
+    /// <c>token_label_data</c> value for training without label data (official 2-D targets): the class token and every
+    /// patch token learn the image's smoothed one-hot label (transfer recipe; also how the demo trains its annotator).
+    /// </summary>
+    public const string GroundTruthLabels = "ground-truth";
+
+    /// <summary>
+    /// The task for a config: plain classification (with Mixup/CutMix if set), or token labeling when <c>token_label</c>
+    /// is set — labels from the store in <c>token_label_data</c> (checked against the training set) or, online, from
+    /// the <c>teacher</c> model.
+    /// </summary>
+    public static ITrainTask CreateTask(TrainConfig config, ImageClassifier model, TrainDataSources? data = null, ICollection<IDisposable>? owned = null,
+        Device? device = null)
     {
-        if (config.TokenLabel)
-            throw new NotSupportedException("token_label: the token-labeling task is not part of this build yet; set token_label: false to train with class labels only");
-        return new ClassificationTask(model, config.Smoothing, config.MixupOptions(), (ulong)config.Seed);
+        if (!config.TokenLabel)
+            return new ClassificationTask(model, config.Smoothing, config.MixupOptions(), (ulong)config.Seed);
+        if (config.Mixup > 0 || config.Cutmix > 0)
+            throw new RecipeException("token_label: Mixup/CutMix are off in every token-labeling recipe (MixToken replaces them); set mixup and cutmix to 0");
+        int labelSize = config.TokenLabelSize ?? model.GridSize;
+        var targets = new TokenLabeling.DenseTargetOptions(model.NumClasses, labelSize, config.Smoothing, config.OfficialBoxAxes,
+            config.GroundTruth switch
+            {
+                "corrected" => TokenLabeling.GroundTruthBlend.Corrected,
+                "official" => TokenLabeling.GroundTruthBlend.Official,
+                _ => TokenLabeling.GroundTruthBlend.None,
+            });
+        bool groundTruth = config.TokenLabelData == GroundTruthLabels;
+        var loss = new TokenLabeling.TokenLabelLossOptions(config.ClsWeight, config.DenseWeight,
+            labelSize == 1 ? TokenLabeling.TokenLabelLossMode.ReLabel
+            : groundTruth ? TokenLabeling.TokenLabelLossMode.TwoD
+            : TokenLabeling.TokenLabelLossMode.Dense);
+        TokenLabeling.ITokenTargetSource source;
+        if (groundTruth)
+            source = new TokenLabeling.GroundTruthTargetSource();
+        else if (config.Teacher is { } teacherName)
+        {
+            var loaded = ModelWeights.Load(new ModelRequest(teacherName, config.TeacherWeights, model.NumClasses));
+            owned?.Add(loaded.Model);
+            loaded.Model.to(device ?? CPU);
+            source = new TokenLabeling.TeacherTargetSource(loaded.Model);
+        }
+        else
+        {
+            if (data is null) throw new ArgumentException("token labels from a store need the training data to look them up");
+            string path = config.TokenLabelData!;
+            var store = TokenLabeling.LabelStore.Open(path);
+            owned?.Add(store);
+            source = TokenLabeling.StoredTargetSource.FromStore(store, data.Train.Dataset);
+        }
+        return new TokenLabeling.TokenLabelTask(model, source,
+            new TokenLabeling.TokenLabelTaskOptions(targets, loss, config.MixToken && model.HasTokenHead, (ulong)config.Seed));
     }
 }
