@@ -13,10 +13,13 @@ namespace AllTokens.Tests.Reliability;
 /// 2,000 training steps through the whole stack (loader worker thread with timm train transforms, mixup/cutmix, EMA,
 /// clipping, step and epoch checkpoints, validation, plots): resident memory flat after warm-up and the live-tensor
 /// count constant.
+/// <para>Warm-up is the first 1,000 steps: over 6,000 steps (measured) RSS settles upward by ~2 % during the first
+/// ~1,500 and then only fluctuates by ±5 MiB, most of it the managed heap's committed memory (22–34 MiB), so "native"
+/// below is RSS minus the GC's committed bytes.</para>
 /// </summary>
 public sealed class MemoryTests : IDisposable
 {
-    private const int Steps = 2000, StepsPerEpoch = 200, Epochs = Steps / StepsPerEpoch, WarmupEpochs = 2, Batch = 8;
+    private const int Steps = 2000, StepsPerEpoch = 200, Epochs = Steps / StepsPerEpoch, WarmupEpochs = 5, Batch = 8;
     private readonly string dir = Directory.CreateTempSubdirectory("alltokens-mem-").FullName;
     private readonly int threads = torch.get_num_threads();
 
@@ -56,26 +59,25 @@ public sealed class MemoryTests : IDisposable
         // loader worker: batch tensors are created on the worker and disposed here, so this thread's count falls by 2 a step.
         var stepLive = new List<long>();            // per step: varies only with the batches in flight (queue + worker)
         var epochLive = new List<long>();           // per epoch end: the loader has stopped, nothing is in flight
-        var rss = new List<(long Step, long Bytes)>();
-        long rssBase = 0, heapBase = 0;
+        // (step, RSS, RSS − GC committed) every 50 steps and at epoch ends.
+        var samples = new List<(long Step, long Rss, long Native)>();
+        void Sample(long step)
+        {
+            long r = Rss();
+            samples.Add((step, r, r - GC.GetGCMemoryInfo().TotalCommittedBytes));
+        }
         using var trainer = new Trainer(c, new ClassificationTask(model, 0.1, c.MixupOptions(), 1), train, val, new RunInfo(Path.Combine(dir, "run"), "tiny_t2t"),
             new SyncProgress(p =>
             {
                 if (p.Kind == TrainProgressKind.Step)
                 {
                     stepLive.Add(torch.Tensor.TotalCount);
-                    if (p.GlobalStep % 50 == 0 && p.Epoch >= WarmupEpochs) rss.Add((p.GlobalStep, Rss()));
+                    if (p.GlobalStep % 50 == 0 && p.Epoch >= WarmupEpochs - 1) Sample(p.GlobalStep);
                 }
                 else if (p.Kind == TrainProgressKind.Epoch)
                 {
                     epochLive.Add(torch.Tensor.TotalCount);
-                    // The end of warm-up: everything has run at least once (epoch end, checkpoints, plots, validation).
-                    if (p.Epoch == WarmupEpochs - 1)
-                    {
-                        rssBase = Rss();
-                        heapBase = GC.GetGCMemoryInfo().HeapSizeBytes;
-                    }
-                    else if (p.Epoch >= WarmupEpochs) rss.Add((p.GlobalStep, Rss()));
+                    if (p.Epoch >= WarmupEpochs - 1) Sample(p.GlobalStep);
                 }
             }));
         var result = trainer.Run(cancel: TestContext.Current.CancellationToken);
@@ -86,15 +88,29 @@ public sealed class MemoryTests : IDisposable
         Assert.All(epochLive, n => Assert.Equal(epochLive[0], n));
         // In flight at most: the prefetch queue, the batch the worker is building and the one being trained (2 tensors each).
         int inFlight = 2 * (train.Options.Prefetch + train.Options.Workers + 1);
-        var afterWarmup = stepLive.Skip(WarmupEpochs * StepsPerEpoch).ToList();
+        var afterWarmup = stepLive.Skip(2 * StepsPerEpoch).ToList();
         Assert.All(afterWarmup, n => Assert.InRange(n, epochLive[0], epochLive[0] + inFlight));
-        if (Environment.GetEnvironmentVariable("ALLTOKENS_MEM_TRACE") == "1") FaultReport.Line(string.Join(" ", rss.Select(r => $"{r.Step}:{r.Bytes >> 20}")));
-        var (peakStep, peak) = rss.MaxBy(r => r.Bytes);
-        double growth = (double)(peak - rssBase) / rssBase;
+        if (Environment.GetEnvironmentVariable("ALLTOKENS_MEM_TRACE") == "1")
+            FaultReport.Line(string.Join(" ", samples.Select(r => $"{r.Step}:{r.Rss >> 20}/{r.Native >> 20}")));
+        // Baseline: the median over the last warm-up epoch; growth: the highest sample after it.
+        int warm = WarmupEpochs * StepsPerEpoch;
+        static long Median(IEnumerable<long> v)
+        {
+            var s = v.Order().ToList();
+            return s[s.Count / 2];
+        }
+        long rssBase = Median(samples.Where(x => x.Step <= warm).Select(x => x.Rss));
+        long nativeBase = Median(samples.Where(x => x.Step <= warm).Select(x => x.Native));
+        var after = samples.Where(x => x.Step > warm).ToList();
+        var peak = after.MaxBy(x => x.Rss);
+        var nativePeak = after.MaxBy(x => x.Native);
+        double growth = (double)(peak.Rss - rssBase) / rssBase, nativeGrowth = (double)(nativePeak.Native - nativeBase) / nativeBase;
         FaultReport.Line(string.Create(CultureInfo.InvariantCulture,
             $"memory: {Steps} steps (batch {Batch}, loader worker thread, EMA, mixup, checkpoints every 100 steps and each epoch): RSS {rssBase / 1048576.0:F1} MiB after warm-up " +
-            $"({WarmupEpochs * StepsPerEpoch} steps), peak {peak / 1048576.0:F1} MiB at step {peakStep} → growth {100 * growth:F2} %; " +
-            $"managed heap {heapBase / 1048576.0:F1} → {GC.GetGCMemoryInfo().HeapSizeBytes / 1048576.0:F1} MiB; live tensors {epochLive[0]} at every epoch end, {afterWarmup.Min()}–{afterWarmup.Max()} at every step (batches in flight); {clock.Elapsed.TotalSeconds:F0} s"));
-        Assert.True(growth < 0.05, $"RSS grew {100 * growth:F2} % after warm-up ({rssBase} → {peak} bytes at step {peakStep})");
+            $"({warm} steps), peak {peak.Rss / 1048576.0:F1} MiB at step {peak.Step} → growth {100 * growth:F2} %; native (RSS − GC committed) {nativeBase / 1048576.0:F1} → " +
+            $"peak {nativePeak.Native / 1048576.0:F1} MiB → growth {100 * nativeGrowth:F2} %; live tensors {epochLive[0]} at every epoch end, {afterWarmup.Min()}–{afterWarmup.Max()} at every step (batches in flight); {clock.Elapsed.TotalSeconds:F0} s"));
+        Assert.True(growth < 0.05, $"RSS grew {100 * growth:F2} % after warm-up ({rssBase} → {peak.Rss} bytes at step {peak.Step})");
+        // Native alone (RSS − GC committed) is reported, not asserted: the GC gives back committed memory as the run goes,
+        // which moves this difference up by as much as the RSS moves (measured 2.9–3.8 % with RSS at 1.8–2.1 %).
     }
 }
