@@ -39,14 +39,16 @@ public static class WriteFailure
     /// </summary>
     public static IOException? Describe(string target, Exception e)
     {
-        string? reason = e switch
-        {
-            IOException io => io.Message,
-            ArgumentOutOfRangeException { ParamName: "value" } => "file too large for the file system or over the process's file-size limit",
-            _ => null,
-        };
-        if (reason is null) return null;
+        if (Reason(e) is not { } reason) return null;
         string previous = File.Exists(target) ? "the previous version is unchanged" : "nothing was written";
         return new IOException($"{target}: could not write the file ({reason}); {previous}", e);
     }
+
+    /// <summary>What went wrong in a failed write, in words, or null when <paramref name="e"/> is not a write failure.</summary>
+    public static string? Reason(Exception e) => e switch
+    {
+        IOException io => io.Message,
+        ArgumentOutOfRangeException { ParamName: "value" } => "file too large for the file system or over the process's file-size limit",
+        _ => null,
+    };
 }

@@ -80,6 +80,43 @@ public sealed class DiskFullTests : IDisposable
     }
 
     [Fact]
+    public void FileSizeLimitWhileWritingALabelStoreIsAClearErrorAndResumes()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("ulimit -f and SIGXFSZ: Linux only");
+        string data = FaultFixtures.IdxFolder(dir, train: 256, test: 8, name: "fashion-labels");
+        string weights = Path.Combine(dir, "annotator.safetensors");
+        TorchSharp.torch.manual_seed(0);
+        using (var m = AllTokens.Models.ModelRegistry.Create("lvvit_nano", new AllTokens.Models.ModelOptions(10, 32))) ModelWeights.Save(m, "lvvit_nano", weights);
+        string[] Label(string store) => ["label", "--weights", weights, "--data", data, "--out", store, "--batch", "16", "--threads", "1"];
+        var straight = CliProcess.Run(Label(Path.Combine(dir, "straight.labels")));
+        Assert.True(straight.Code == 0, straight.ToString());
+        long size = new FileInfo(Path.Combine(dir, "straight.labels")).Length;
+
+        // About half the store fits under the limit.
+        string store = Path.Combine(dir, "limited.labels");
+        var full = CliProcess.Run(Label(store), fileSizeLimitKb: size / 2048);
+        Assert.False(full.Crashed, full.ToString());
+        Assert.True(full.Code == 1, full.ToString());
+        Assert.Contains($"{store}.partial: could not write the label store (file too large", full.Err);
+        Assert.Contains("resumes from them", full.Err);
+        Assert.False(File.Exists(store), "a half-written store must never appear under its final name");
+        Assert.True(new FileInfo(store + ".partial").Length > 512);
+
+        // With space again the same command resumes and ends with the same store as the uninterrupted run.
+        var again = CliProcess.Run(Label(store));
+        Assert.True(again.Code == 0, again.ToString());
+        Assert.Contains("already labelled", again.Err);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(dir, "straight.labels")), File.ReadAllBytes(store));
+        using (var opened = AllTokens.TokenLabeling.LabelStore.Open(store))
+        {
+            Assert.Equal(256, opened.Count);
+            opened.VerifyAll();
+        }
+        FaultReport.Line("disk full (ulimit -f) while writing a label store: clear error naming the .partial file, no store under the final name, " +
+                         "resume completed byte-identical to an uninterrupted run");
+    }
+
+    [Fact]
     public void RealFullFileSystemIsAClearErrorAndKeepsTheCheckpoint()
     {
         if (!OperatingSystem.IsLinux() || Environment.UserName != "root") Assert.Skip("needs root on Linux to mount a small tmpfs");

@@ -380,6 +380,43 @@ public sealed class HostileInputTests : IDisposable
             File.Copy(f, Path.Combine(to, Path.GetRelativePath(from, f)));
     }
 
+    // ---------------------------------------------------------------- token-label stores
+
+    private IEnumerable<Case> LabelStoreCases()
+    {
+        var png = File.ReadAllBytes(Fixture("images/gradient_37x23.png"));
+        foreach (var (set, stem) in new[] { ("lbl-a", "img"), ("lbl-b", "other") })
+            for (int c = 0; c < 3; c++)
+                for (int i = 0; i < 4; i++)
+                    Write($"{set}/train/c{c}/{stem}{i}.png", png);
+        string a = Path.Combine(dir, "lbl-a"), b = Path.Combine(dir, "lbl-b"), store = Path.Combine(dir, "stores", "a.labels");
+        var made = CliProcess.Run(["label", "--annotator", "lvvit_nano", "--data", a, "--out", store, "--img-size", "32", "--topk", "2", "--threads", "1"]);
+        Assert.True(made.Code == 0, made.ToString());
+        string[] Train(string data, string labels) =>
+            ["train", "--model", "lvvit_nano", "--img-size", "32", "--data", data, "--epochs", "1", "--batch", "4", "--threads", "1", "--set", "aa=null",
+             "--set", "token_label=true", "--set", $"token_label_data={labels}", "--out", Path.Combine(dir, $"tl-run-{runs++}")];
+        yield return new Case("labels", "label store of another dataset (other file names)", Train(b, store), [1], store, "another dataset or split");
+        yield return new Case("labels", "label store of 3 classes for a 10-class dataset", Train(Path.Combine(dir, "idx-good"), store), [1], store, "labels for 3 classes");
+        var bytes = File.ReadAllBytes(store);
+        string trunc = Write("stores/trunc.labels", bytes[..(bytes.Length / 2)]);
+        yield return new Case("labels", "label store truncated to half", Train(a, trunc), [1], trunc, "truncated");
+        string zero = Write("stores/zero.labels", []);
+        yield return new Case("labels", "zero-byte label store", Train(a, zero), [1], zero);
+        var flipped = (byte[])bytes.Clone();
+        flipped[600] ^= 0xFF; // inside the first record (the header is 512 bytes)
+        string flip = Write("stores/flip.labels", flipped);
+        yield return new Case("labels", "label store with a flipped byte in a record", Train(a, flip), [1], flip, "checksum mismatch");
+        string notStore = Write("stores/weights.labels", File.ReadAllBytes(Path.Combine(dir, "weights", "vit_nano.safetensors")));
+        yield return new Case("labels", "a safetensors file given as a label store", Train(a, notStore), [1], notStore);
+        string missing = Path.Combine(dir, "stores", "missing.labels");
+        yield return new Case("labels", "a label store that does not exist", Train(a, missing), [1], missing);
+        yield return new Case("labels", "label inspect of a truncated store", ["label", "inspect", trunc], [1], trunc, "truncated");
+        string other = Path.Combine(dir, "stores", "resume.labels");
+        File.Copy(store, other);
+        yield return new Case("labels", "label resuming a store made with another top-k",
+            ["label", "--annotator", "lvvit_nano", "--data", a, "--out", other, "--img-size", "32", "--topk", "1", "--threads", "1"], [1], other, "cannot resume");
+    }
+
     // ---------------------------------------------------------------- recipes and CLI values
 
     private IEnumerable<Case> RecipeCases()
@@ -477,7 +514,7 @@ public sealed class HostileInputTests : IDisposable
         var clock = Stopwatch.StartNew();
         File.Delete(Marker);
         File.Delete("/tmp/alltokens_pwned"); // the torch-made fixtures' payload
-        var cases = ImageCases().Concat(DatasetCases()).Concat(CheckpointCases()).Concat(RecipeCases()).Concat(CliValueCases()).ToList();
+        var cases = ImageCases().Concat(DatasetCases()).Concat(CheckpointCases()).Concat(LabelStoreCases()).Concat(RecipeCases()).Concat(CliValueCases()).ToList();
         var results = new CliResult[cases.Count];
         // Two at a time: each is its own process, and most of the time goes to starting the runtime.
         Parallel.For(0, cases.Count, new ParallelOptions { MaxDegreeOfParallelism = Math.Min(2, Environment.ProcessorCount) },
