@@ -15,7 +15,7 @@ namespace AllTokens.Tests.Reliability;
 /// count constant.
 /// <para>Warm-up is the first 1,000 steps: over 6,000 steps (measured) RSS settles upward by ~2 % during the first
 /// ~1,500 and then only fluctuates by ±5 MiB, most of it the managed heap's committed memory (22–34 MiB), so "native"
-/// below is RSS minus the GC's committed bytes.</para>
+/// below is RSS minus the GC's committed bytes, and the 5 % bound is checked on it.</para>
 /// </summary>
 public sealed class MemoryTests : IDisposable
 {
@@ -109,8 +109,11 @@ public sealed class MemoryTests : IDisposable
             $"memory: {Steps} steps (batch {Batch}, loader worker thread, EMA, mixup, checkpoints every 100 steps and each epoch): RSS {rssBase / 1048576.0:F1} MiB after warm-up " +
             $"({warm} steps), peak {peak.Rss / 1048576.0:F1} MiB at step {peak.Step} → growth {100 * growth:F2} %; native (RSS − GC committed) {nativeBase / 1048576.0:F1} → " +
             $"peak {nativePeak.Native / 1048576.0:F1} MiB → growth {100 * nativeGrowth:F2} %; live tensors {epochLive[0]} at every epoch end, {afterWarmup.Min()}–{afterWarmup.Max()} at every step (batches in flight); {clock.Elapsed.TotalSeconds:F0} s"));
-        Assert.True(growth < 0.05, $"RSS grew {100 * growth:F2} % after warm-up ({rssBase} → {peak.Rss} bytes at step {peak.Step})");
-        // Native alone (RSS − GC committed) is reported, not asserted: the GC gives back committed memory as the run goes,
-        // which moves this difference up by as much as the RSS moves (measured 2.9–3.8 % with RSS at 1.8–2.1 %).
+        // The 5 % bound applies to native memory (RSS − GC committed), where a tensor or native-buffer leak shows. Raw RSS
+        // also carries the managed heap's committed memory, which the GC grows and shrinks by 10–20 MiB with what ran
+        // before in this test process (measured: RSS growth 1.8–2.1 % with this test alone, 3.8–4.6 % after the
+        // other fault tests, while native stayed at −0.4–3.8 %), so RSS gets a looser sanity bound.
+        Assert.True(nativeGrowth < 0.05, $"native memory grew {100 * nativeGrowth:F2} % after warm-up ({nativeBase} → {nativePeak.Native} bytes at step {nativePeak.Step})");
+        Assert.True(growth < 0.10, $"RSS grew {100 * growth:F2} % after warm-up ({rssBase} → {peak.Rss} bytes at step {peak.Step})");
     }
 }
