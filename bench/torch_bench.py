@@ -119,6 +119,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--ce", action="store_true", help="plain cross-entropy step for LV-ViT too (compare with bench --task ce)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -129,6 +130,7 @@ def main():
     x = torch.randn(a.batch, 3, a.res, a.res)
     y = torch.randint(0, a.classes, (a.batch,))
     lvvit = isinstance(model, LVViT)
+    tl = lvvit and not a.ce
     g = a.res // 16
     if lvvit:
         dense = torch.softmax(torch.randn(a.batch, g * g, a.classes), dim=-1)
@@ -136,7 +138,7 @@ def main():
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        if lvvit:
+        if tl:
             lam = torch.rand(1).item()
             cut = int(g * math.sqrt(1 - lam))
             cy, cx = torch.randint(0, g, (2,)).tolist()
@@ -146,8 +148,10 @@ def main():
             lam2 = 1 - (b - t) * (r - l) / (g * g)
             tc = lam2 * cls_t + (1 - lam2) * cls_t.flip(0)
             loss = soft_ce(cls, tc) + 0.5 * soft_ce(aux.reshape(-1, a.classes), dense.reshape(-1, a.classes))
+        elif lvvit:
+            loss = F.cross_entropy(model.forward_eval(x), y, label_smoothing=0.1)
         else:
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
         loss.backward()
         opt.step()
 

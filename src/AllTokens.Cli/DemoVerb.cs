@@ -42,7 +42,7 @@ public static class DemoVerb
     /// <summary>The demo's sizes. <see cref="Full"/> fits ~30 minutes on 2 cores; <see cref="Quick"/> is the smoke test.</summary>
     public sealed record Plan(int TrainImages, int ValImages, int TestImages, int StudentEpochs, int AnnotatorEpochs, int ImgSize, int Batch)
     {
-        public static readonly Plan Full = new(TrainImages: 20_000, ValImages: 2_000, TestImages: 10_000, StudentEpochs: 4, AnnotatorEpochs: 8, ImgSize: 64, Batch: 64);
+        public static readonly Plan Full = new(TrainImages: 15_000, ValImages: 2_000, TestImages: 10_000, StudentEpochs: 4, AnnotatorEpochs: 6, ImgSize: 64, Batch: 64);
         public static readonly Plan Quick = new(TrainImages: 1_280, ValImages: 500, TestImages: 1_000, StudentEpochs: 2, AnnotatorEpochs: 3, ImgSize: 64, Batch: 32);
     }
 

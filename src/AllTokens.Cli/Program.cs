@@ -6,7 +6,11 @@ namespace AllTokens.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        NativeEnvironment.ConfigureOpenMp();
+        return Run(args, Console.Out, Console.Error);
+    }
 
     /// <summary>Entry point that tests can call: exit code 0 ok, 1 failure, 2 usage error.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

@@ -1,4 +1,5 @@
 using System.Globalization;
+using AllTokens.Distributed;
 using AllTokens.Training;
 
 namespace AllTokens.Cli;
@@ -12,6 +13,7 @@ public static class TrainVerb
         ("init-from", "init_from"), ("img-size", "img_size"), ("num-classes", "num_classes"), ("workers", "workers"),
         ("subset", "subset"), ("val-subset", "val_subset"), ("grad-accum", "grad_accum"), ("warmup-epochs", "warmup_epochs"),
         ("cooldown-epochs", "cooldown_epochs"), ("opt", "opt"), ("weight-decay", "weight_decay"), ("clip-grad", "clip_grad"),
+        ("distributed", "distributed"),
     ];
 
     public static readonly Verb Verb = new(new VerbSpec("train", "train a model (timm recipes: AdamW/SGD, cosine lr, EMA, mixup; resumable)",
@@ -40,13 +42,15 @@ public static class TrainVerb
         new OptionSpec("opt", "adamw|sgd", "optimizer"),
         new OptionSpec("weight-decay", "WD", "weight decay"),
         new OptionSpec("clip-grad", "NORM", "clip gradients to this global L2 norm"),
+        new OptionSpec("distributed", "auto|mpi|none", "data parallelism over Open MPI ranks (auto: when launched by mpirun)"),
         new OptionSpec("set", "KEY=VALUE", "set any recipe key (repeatable), e.g. --set model_ema=true", Repeatable: true),
         new OptionSpec("print-config", null, "print the effective config and exit"),
         new OptionSpec("keys", null, "list every recipe key with its default and exit"),
         CliCommon.DeviceOption,
         CliCommon.ThreadsOption,
     ], details: "Recipes: recipes/*.yaml (each cites its source). The run folder gets config.yaml, metrics.jsonl, loss/accuracy/lr plots,\n" +
-                "checkpoints/last.ckpt (single-file, atomic; --resume reads it), last.safetensors and best.safetensors (load with `predict`)."), Run);
+                "checkpoints/last.ckpt (single-file, atomic; --resume reads it), last.safetensors and best.safetensors (load with `predict`).\n" +
+                "Data parallel: mpirun -np N ./alltokens train ... (batch is per rank; the global batch is N × batch; rank 0 writes the run folder)."), Run);
 
     private static int Run(ParsedArgs a, Console2 io)
     {
@@ -94,11 +98,54 @@ public static class TrainVerb
             io.Out.Write(config.ToYaml());
             return 0;
         }
+        IProcessGroup group;
+        try
+        {
+            group = ProcessGroups.Create(config.Distributed);
+        }
+        catch (MpiUnavailableException e)
+        {
+            io.Err.WriteLine($"alltokens train: error: distributed: {config.Distributed}: {e.Message}");
+            return 1;
+        }
+        using (group)
+        {
+            if (group.Size == 1) return RunSession(config, runDir, resume, device, group, io);
+            // Only rank 0 prints; the others stay silent except for their errors and skipped files.
+            var realErr = io.Err;
+            var quiet = group.Rank == 0 ? io : new Console2(TextWriter.Null, TextWriter.Null);
+            try
+            {
+                return RunSession(config, runDir, resume, device, group, quiet, group.Rank == 0 ? null : line => realErr.WriteLine($"[rank {group.Rank}] {line}"));
+            }
+            catch (PeerFailureException e)
+            {
+                if (group.Rank == 0) realErr.WriteLine($"alltokens train: error: {e.Message}");
+                return 1;
+            }
+            catch (Exception e) when (e is not UsageException)
+            {
+                realErr.WriteLine($"alltokens train: rank {group.Rank}: error: {e.Message}");
+                if (Environment.GetEnvironmentVariable("ALLTOKENS_DEBUG") == "1") realErr.WriteLine(e);
+                if (Collective.IsAgreed(e)) return 1; // every rank stopped at the same point: finalize cleanly
+                // The other ranks may be waiting in a collective for this one: end the whole job.
+                realErr.Flush();
+                group.Abort(1);
+                return 1;
+            }
+        }
+    }
+
+    private static int RunSession(TrainConfig config, string runDir, bool resume, TorchSharp.torch.Device? device, IProcessGroup group, Console2 io,
+        Action<string>? warn = null)
+    {
         var bar = new ProgressPrinter(io.Err, IsTerminal(io.Err));
-        using var session = TrainSetup.Create(config, runDir, resume, device, bar, line => io.Err.WriteLine(line));
+        using var session = TrainSetup.Create(config, runDir, resume, device, bar, warn ?? (line => io.Err.WriteLine(line)), group);
         if (session.InitReport is not null) io.Err.WriteLine(session.InitReport.ToString());
-        io.Err.WriteLine($"training {config.Model} on {session.Data.Train.Dataset.Source}: {session.Data.Train.BatchesPerEpoch * config.BatchSize} of {session.Data.Train.Dataset.Count} images, " +
-                         $"{session.Data.Train.BatchesPerEpoch} batches of {config.BatchSize} per epoch, {config.Epochs}+{config.CooldownEpochs} epochs → {runDir}");
+        int global = session.Trainer.GlobalBatchSize;
+        io.Err.WriteLine($"training {config.Model} on {session.Data.Train.Dataset.Source}: {session.Data.Train.BatchesPerEpoch * global} of {session.Data.Train.Dataset.Count} images, " +
+                         $"{session.Data.Train.BatchesPerEpoch} batches of {global}" + (group.Size > 1 ? $" ({group.Size} ranks × {config.BatchSize})" : "") +
+                         $" per epoch, {config.Epochs}+{config.CooldownEpochs} epochs → {runDir}");
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {

@@ -15,8 +15,14 @@ namespace AllTokens.Data;
 /// <param name="Seed">Seeds the shuffle and every sample's transform stream.</param>
 /// <param name="Prefetch">Finished batches that may wait for the consumer (the queue bound), besides those in progress.</param>
 /// <param name="StrictData">A corrupt or unreadable file is an error instead of being skipped.</param>
+/// <param name="Rank">This process's rank in a data-parallel group (0 when alone).</param>
+/// <param name="WorldSize">Processes sharing the epoch; each takes <see cref="BatchSize"/> samples of every global batch.</param>
 public sealed record LoaderOptions(int BatchSize, int Workers = 0, bool Shuffle = true, bool DropLast = true, long Seed = 0,
-    int Prefetch = 2, bool StrictData = false);
+    int Prefetch = 2, bool StrictData = false, int Rank = 0, int WorldSize = 1)
+{
+    /// <summary>Samples per global batch: <see cref="BatchSize"/> × <see cref="WorldSize"/>.</summary>
+    public int GlobalBatchSize => BatchSize * WorldSize;
+}
 
 /// <summary>A sample that was left out of its batch because its file could not be read or decoded.</summary>
 public sealed record SkippedSample(int Epoch, int Index, string Key, string Message);
@@ -26,8 +32,15 @@ public sealed record SkippedSample(int Epoch, int Index, string Key, string Mess
 /// handed out in order. Batch b of epoch e holds positions [b·B, (b+1)·B) of the epoch's order (a permutation drawn from
 /// (seed, e) when shuffling), and sample i's transform draws from its own stream (seed, e, i), so the batches are the same
 /// for any worker count and an epoch can resume at any batch.
+/// <para>Sharding (<see cref="LoaderOptions.WorldSize"/> N &gt; 1): the epoch's order is the same permutation on every
+/// rank and global batch b holds positions [b·G, (b+1)·G), G = N × BatchSize. Rank r takes the strided part
+/// b·G + r + k·N (k = 0, 1, …): the layout of torch's DistributedSampler (indices[rank::N]) batched consecutively.
+/// Since a sample's transform stream depends on (seed, epoch, index) only, one process with batch G sees exactly the
+/// union of the N ranks' batches, for any N. <see cref="BatchesPerEpoch"/> counts global batches; without drop_last
+/// the last global batch may leave a rank nothing (that batch is then not handed out on that rank).</para>
 /// <para>A sample whose file cannot be decoded is left out: its batch shrinks by one (a batch whose samples all fail is
-/// left out entirely); <see cref="Skipped"/> is raised on the consuming thread and <see cref="SkippedCount"/> goes up.
+/// left out entirely, except in a sharded drop_last loader, which hands it out empty so that every rank takes part in
+/// every training step); <see cref="Skipped"/> is raised on the consuming thread and <see cref="SkippedCount"/> goes up.
 /// With <see cref="LoaderOptions.StrictData"/> the decode error is thrown instead. A label outside the class range is
 /// always an error naming the sample.</para>
 /// <para>Batch tensors are made outside any worker dispose scope and belong to the consumer, which disposes each
@@ -55,6 +68,8 @@ public sealed class DataLoader : IBatchSource
         if (options.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(options), $"BatchSize must be at least 1, got {options.BatchSize}");
         if (options.Workers < 0) throw new ArgumentOutOfRangeException(nameof(options), $"Workers must not be negative, got {options.Workers}");
         if (options.Prefetch < 0) throw new ArgumentOutOfRangeException(nameof(options), $"Prefetch must not be negative, got {options.Prefetch}");
+        if (options.WorldSize < 1 || options.Rank < 0 || options.Rank >= options.WorldSize)
+            throw new ArgumentOutOfRangeException(nameof(options), $"rank {options.Rank} of world size {options.WorldSize} is not a valid shard");
         if (dataset.Count == 0) throw new DatasetException($"{dataset.Source}: the dataset is empty");
         Dataset = dataset;
         Transform = transform;
@@ -71,9 +86,24 @@ public sealed class DataLoader : IBatchSource
         new(dataset, new EvalSampleTransform(new EvalTransform(transform)),
             new LoaderOptions(batchSize, workers, Shuffle: false, DropLast: false, StrictData: strictData));
 
+    /// <summary>Global batches per epoch (of <see cref="LoaderOptions.GlobalBatchSize"/> samples; the last may be short without drop_last).</summary>
     public int BatchesPerEpoch => Options.DropLast
-        ? Dataset.Count / Options.BatchSize
-        : (Dataset.Count + Options.BatchSize - 1) / Options.BatchSize;
+        ? Dataset.Count / Options.GlobalBatchSize
+        : (Dataset.Count + Options.GlobalBatchSize - 1) / Options.GlobalBatchSize;
+
+    /// <summary>
+    /// Epoch-order positions of this rank's part of global batch <paramref name="b"/>: b·G + r + k·N for every k with
+    /// r + k·N below the global batch's size (strided sharding).
+    /// </summary>
+    public int[] ShardPositions(int b)
+    {
+        int g = Options.GlobalBatchSize, n = Options.WorldSize, r = Options.Rank;
+        int first = b * g, size = Math.Min(g, Dataset.Count - first);
+        int count = size > r ? (size - r + n - 1) / n : 0;
+        var positions = new int[count];
+        for (int k = 0; k < count; k++) positions[k] = first + r + k * n;
+        return positions;
+    }
 
     /// <summary>The order of dataset indices in <paramref name="epoch"/>.</summary>
     public int[] EpochOrder(int epoch)
@@ -207,8 +237,10 @@ public sealed class DataLoader : IBatchSource
     /// <summary>Decodes, transforms and collates batch <paramref name="b"/> of the epoch; the tensors belong to no dispose scope.</summary>
     private Built Build(int[] order, int epoch, int b)
     {
-        int bs = Options.BatchSize, size = Transform.Size;
-        int first = b * bs, count = Math.Min(bs, order.Length - first);
+        int size = Transform.Size;
+        int[] positions = ShardPositions(b);
+        int count = positions.Length;
+        if (count == 0) return new Built(null, []); // a short last global batch that leaves this rank nothing
         int per = 3 * size * size;
         int classes = Dataset.ClassNames.Count;
         var skips = new List<SkippedSample>();
@@ -220,7 +252,7 @@ public sealed class DataLoader : IBatchSource
         Span<float> data = MemoryMarshal.Cast<byte, float>(images.bytes);
         for (int k = 0; k < count; k++)
         {
-            int index = order[first + k];
+            int index = order[positions[k]];
             int label = Dataset.GetLabel(index);
             if ((uint)label >= (uint)classes)
                 throw new DatasetException($"{Dataset.Source}: sample {Dataset.GetKey(index)} has label {label}, outside the {classes} classes (0..{classes - 1})");
@@ -240,7 +272,9 @@ public sealed class DataLoader : IBatchSource
             indices.Add(index);
             labels.Add(label);
         }
-        if (indices.Count == 0) return new Built(null, skips);
+        // Every sample failed: the batch is left out, but a sharded training rank hands it out empty so that it still
+        // joins the step's collectives (the ranks must agree on the number of steps).
+        if (indices.Count == 0 && !(Options.WorldSize > 1 && Options.DropLast)) return new Built(null, skips);
         if (indices.Count < count) images = images.narrow(0, 0, indices.Count).clone();
         Tensor labelTensor = torch.tensor(labels.ToArray(), ScalarType.Int64);
         var batch = new Batch

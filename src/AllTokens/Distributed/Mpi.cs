@@ -34,6 +34,7 @@ public sealed unsafe class Mpi : IDisposable
     private readonly delegate* unmanaged<void*, void*, int, nint, nint, nint, int> allreduce;
     private readonly delegate* unmanaged<void*, int, nint, int, nint, int> bcast;
     private readonly delegate* unmanaged<nint, int> barrier;
+    private readonly delegate* unmanaged<nint, int, int> abort;
     private bool disposed;
 
     /// <summary>This process's rank in MPI_COMM_WORLD.</summary>
@@ -70,6 +71,7 @@ public sealed unsafe class Mpi : IDisposable
         allreduce = (delegate* unmanaged<void*, void*, int, nint, nint, nint, int>)Export("MPI_Allreduce");
         bcast = (delegate* unmanaged<void*, int, nint, int, nint, int>)Export("MPI_Bcast");
         barrier = (delegate* unmanaged<nint, int>)Export("MPI_Barrier");
+        abort = (delegate* unmanaged<nint, int, int>)Export("MPI_Abort");
         commWorld = Export("ompi_mpi_comm_world");
         typeFloat = Export("ompi_mpi_float");
         typeDouble = Export("ompi_mpi_double");
@@ -88,10 +90,14 @@ public sealed unsafe class Mpi : IDisposable
         Size = size;
     }
 
+    /// <summary>Environment variable naming the MPI library to load instead of libmpi.so.40 (another Open MPI build).</summary>
+    public const string LibraryVariable = "ALLTOKENS_MPI_LIBRARY";
+
     private static nint Load()
     {
         var errors = new List<string>();
-        foreach (var name in LibraryNames)
+        string? chosen = Environment.GetEnvironmentVariable(LibraryVariable);
+        foreach (var name in string.IsNullOrEmpty(chosen) ? LibraryNames : [chosen])
         {
             if (NativeLibrary.TryLoad(name, out var handle)) return handle;
             errors.Add(name);
@@ -151,6 +157,16 @@ public sealed unsafe class Mpi : IDisposable
     {
         EnsureOpen();
         Check("MPI_Barrier", barrier(commWorld));
+    }
+
+    /// <summary>
+    /// Ends every rank of the job (MPI_Abort on MPI_COMM_WORLD) with <paramref name="code"/>: the way out when this rank
+    /// fails where the others cannot know it and would wait in a collective for ever.
+    /// </summary>
+    public void Abort(int code)
+    {
+        EnsureOpen();
+        abort(commWorld, code);
     }
 
     private void AllReduce<T>(Span<T> buffer, nint type, nint op) where T : unmanaged

@@ -21,6 +21,12 @@ public interface IProcessGroup : IDisposable
     void Broadcast(Tensor tensor, int root = 0);
 
     void Barrier();
+
+    /// <summary>
+    /// Ends the whole job at once with <paramref name="code"/> (the other ranks too): for a failure on this rank the
+    /// others cannot see. A single process just exits.
+    /// </summary>
+    void Abort(int code);
 }
 
 /// <summary>One process: every collective is the identity.</summary>
@@ -33,6 +39,7 @@ public sealed class SingleProcess : IProcessGroup
     public void AllReduceSum(Span<double> values) { }
     public void Broadcast(Tensor tensor, int root = 0) { }
     public void Barrier() { }
+    public void Abort(int code) => Environment.Exit(code);
     public void Dispose() { }
 }
 
@@ -59,6 +66,8 @@ public sealed class MpiProcessGroup(Mpi mpi) : IProcessGroup
     });
 
     public void Barrier() => mpi.Barrier();
+
+    public void Abort(int code) => mpi.Abort(code);
 
     public void Dispose() => mpi.Dispose();
 
@@ -107,7 +116,8 @@ public static class DataParallel
 
     /// <summary>
     /// Averages the gradients of every trainable parameter over the ranks with one all-reduce of a flat float32
-    /// bucket (a parameter without a gradient on this rank contributes zeros).
+    /// bucket. A parameter without a gradient on this rank contributes zeros; one without a gradient on every rank keeps
+    /// none (as in a single process, so the optimizer skips it): the bucket ends with one has-gradient count per parameter.
     /// </summary>
     public static void AverageGradients(IEnumerable<Parameter> parameters, IProcessGroup group)
     {
@@ -116,16 +126,24 @@ public static class DataParallel
         if (ps.Count == 0) return;
         using var _ = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var flat = torch.cat(ps.Select(p => (p.grad is { } g ? g : torch.zeros_like(p)).to(ScalarType.Float32).reshape(-1).cpu()).ToList());
+        var parts = ps.Select(p => (p.grad is { } g ? g : torch.zeros_like(p)).to(ScalarType.Float32).reshape(-1).cpu()).ToList();
+        parts.Add(torch.tensor(ps.Select(p => p.grad is null ? 0f : 1f).ToArray()));
+        var flat = torch.cat(parts);
         group.AllReduceSum(flat);
-        flat.div_(group.Size);
+        long total = flat.numel() - ps.Count;
+        float[] has = flat.narrow(0, total, ps.Count).data<float>().ToArray();
+        flat.narrow(0, 0, total).div_(group.Size);
         long offset = 0;
-        foreach (var p in ps)
+        for (int i = 0; i < ps.Count; i++)
         {
+            var p = ps[i];
             long n = p.numel();
-            var avg = flat.narrow(0, offset, n).view_as(p).to(p.device).to(p.dtype);
-            if (p.grad is { } g) g.copy_(avg);
-            else p.grad = avg.clone().MoveToOuterDisposeScope();
+            if (has[i] > 0)
+            {
+                var avg = flat.narrow(0, offset, n).view_as(p).to(p.device).to(p.dtype);
+                if (p.grad is { } g) g.copy_(avg);
+                else p.grad = avg.clone().MoveToOuterDisposeScope();
+            }
             offset += n;
         }
     }
@@ -147,5 +165,66 @@ public static class DataParallel
             f.div_(group.Size);
             b.copy_(f);
         }
+    }
+}
+
+/// <summary>Another rank failed, so this one stopped with it; the failing rank reports the cause.</summary>
+public sealed class PeerFailureException(string message) : Exception(message);
+
+/// <summary>
+/// Failures that every rank agrees on. A rank that fails on its own while the others wait in a collective would hang
+/// the job, so the collectives of a step carry one failure flag per rank: when any is set, every rank stops together —
+/// the failing rank rethrows its exception (marked as agreed), the others throw <see cref="PeerFailureException"/>.
+/// </summary>
+public static class Collective
+{
+    private const string AgreedKey = "alltokens.agreed_stop";
+
+    /// <summary>True when every rank stopped together on this failure (the job can finalize cleanly instead of aborting).</summary>
+    public static bool IsAgreed(Exception e) => e is PeerFailureException || e.Data[AgreedKey] is true;
+
+    /// <summary>
+    /// Sums <paramref name="values"/> over the ranks together with this rank's failure (<paramref name="own"/>, or null);
+    /// throws on every rank when any rank failed (<paramref name="what"/> names the phase). A single process rethrows
+    /// <paramref name="own"/> as it is.
+    /// </summary>
+    public static void AllReduceSum(IProcessGroup group, Span<double> values, Exception? own, string what)
+    {
+        if (group.Size == 1)
+        {
+            if (own is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(own);
+            return;
+        }
+        var all = new double[values.Length + group.Size];
+        values.CopyTo(all);
+        if (own is not null) all[values.Length + group.Rank] = 1;
+        group.AllReduceSum(all);
+        int flags = values.Length;
+        var failed = Enumerable.Range(0, group.Size).Where(r => all[flags + r] > 0).ToList();
+        if (failed.Count > 0)
+        {
+            if (own is not null)
+            {
+                own.Data[AgreedKey] = true;
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(own);
+            }
+            throw new PeerFailureException($"stopped because rank{(failed.Count > 1 ? "s" : "")} {string.Join(", ", failed)} failed during {what} (see {(failed.Count > 1 ? "their errors" : "its error")})");
+        }
+        all.AsSpan(0, values.Length).CopyTo(values);
+    }
+
+    /// <summary>Runs <paramref name="action"/> on every rank; if it fails on any rank, every rank stops (see <see cref="AllReduceSum"/>).</summary>
+    public static void Agree(IProcessGroup group, string what, Action action)
+    {
+        Exception? own = null;
+        try
+        {
+            action();
+        }
+        catch (Exception e) when (group.Size > 1)
+        {
+            own = e;
+        }
+        AllReduceSum(group, Span<double>.Empty, own, what);
     }
 }

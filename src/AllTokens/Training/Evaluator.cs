@@ -1,4 +1,5 @@
 using AllTokens.Data;
+using AllTokens.Distributed;
 using AllTokens.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -11,14 +12,21 @@ public sealed record EvalResult(double Top1, double Top5, double Loss, int Count
 /// <summary>A small evaluator over an <see cref="IBatchSource"/>: eval forward without gradients, plain CE (T2T_VIT.md §5.1).</summary>
 public static class Evaluator
 {
-    /// <summary>Evaluates <paramref name="model"/> on epoch 0 of <paramref name="source"/>; the model's train/eval mode is restored.</summary>
-    public static EvalResult Run(ImageClassifier model, IBatchSource source, Device? device = null, ScalarType dtype = ScalarType.Float32, CancellationToken cancel = default)
+    /// <summary>
+    /// Evaluates <paramref name="model"/> on epoch 0 of <paramref name="source"/>; the model's train/eval mode is restored.
+    /// In a data-parallel <paramref name="group"/> each rank evaluates its shard of the source and the loss sum and hit
+    /// counts are all-reduced, so every rank returns the figures of the whole set.
+    /// </summary>
+    public static EvalResult Run(ImageClassifier model, IBatchSource source, Device? device = null, ScalarType dtype = ScalarType.Float32, CancellationToken cancel = default,
+        IProcessGroup? group = null)
     {
+        group ??= SingleProcess.Instance;
         bool wasTraining = model.training;
         model.eval();
         double lossSum = 0;
         long top1 = 0, top5 = 0;
-        int count = 0;
+        long count = 0;
+        Exception? failure = null;
         try
         {
             using var noGrad = torch.no_grad();
@@ -37,12 +45,19 @@ public static class Evaluator
                 count += b.Size;
             }
         }
+        catch (Exception e) when (group.Size > 1 && e is not OperationCanceledException)
+        {
+            failure = e;
+        }
         finally
         {
             model.train(wasTraining);
         }
+        Span<double> sums = [lossSum, top1, top5, count];
+        Collective.AllReduceSum(group, sums, failure, "validation");
+        (lossSum, top1, top5, count) = (sums[0], (long)sums[1], (long)sums[2], (long)sums[3]);
         if (count == 0) throw new InvalidOperationException($"{source.Dataset.Source}: the validation set yielded no batches");
-        return new EvalResult(100.0 * top1 / count, 100.0 * top5 / count, lossSum / count, count);
+        return new EvalResult(100.0 * top1 / count, 100.0 * top5 / count, lossSum / count, (int)count);
     }
 
     /// <summary>Number of rows whose label is the arg-max, and among the 5 largest logits (fewer classes: all).</summary>

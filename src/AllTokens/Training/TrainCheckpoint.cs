@@ -12,7 +12,10 @@ public sealed record TrainState
     public required string Model { get; init; }
     public required ModelOptions Options { get; init; }
     public IReadOnlyList<string>? ClassNames { get; init; }
-    /// <summary>Data position: the next batch to train is batch <see cref="Batch"/> of epoch <see cref="Epoch"/>.</summary>
+    /// <summary>
+    /// Data position: the next batch to train is global batch <see cref="Batch"/> of epoch <see cref="Epoch"/>, i.e.
+    /// sample Batch × <see cref="GlobalBatchSize"/> of the epoch's order.
+    /// </summary>
     public required int Epoch { get; init; }
     public required int Batch { get; init; }
     /// <summary>Optimizer steps taken.</summary>
@@ -26,6 +29,10 @@ public sealed record TrainState
     public double EpochLossSum { get; init; }
     public long EpochCorrect { get; init; }
     public long EpochImages { get; init; }
+    /// <summary>Ranks that trained the run (1: a single process).</summary>
+    public int WorldSize { get; init; } = 1;
+    /// <summary>Images per global micro-batch (ranks × batch_size); null in checkpoints from before data parallelism (= batch_size).</summary>
+    public int? GlobalBatchSize { get; init; }
     /// <summary>The effective config, key → YAML value text.</summary>
     public required Dictionary<string, string> Config { get; init; }
     public DateTime SavedUtc { get; init; } = DateTime.UtcNow;

@@ -142,6 +142,8 @@ public sealed class TrainConfig
     public int SaveEverySteps { get; set; }
     /// <summary>Validate every this many epochs (and always after the last).</summary>
     public int EvalEvery { get; set; } = 1;
+    /// <summary>Data parallelism: auto (Open MPI when launched by mpirun), mpi (required) or none (one process).</summary>
+    public string Distributed { get; set; } = "auto";
 
     // ---- schema ----
 
@@ -364,12 +366,11 @@ public sealed class TrainConfig
         Require(EvalEvery >= 1, "eval_every", "must be ≥ 1");
         Require(TrainTransform is "timm" or "cifar" or "none", "train_transform", "must be timm, cifar or none");
         Require(Seed >= 0, "seed", "must be ≥ 0");
+        Require(Distributed is "auto" or "mpi" or "none", "distributed", "must be auto, mpi or none");
         Require(GroundTruth is "none" or "corrected" or "official", "ground_truth", "must be none, corrected or official");
         Require(DenseWeight >= 0, "dense_weight", "must be ≥ 0");
         Require(ClsWeight >= 0, "cls_weight", "must be ≥ 0");
         Require(TokenLabelSize is null or >= 1, "token_label_size", "must be ≥ 1");
-        Require(!TokenLabel || TokenLabelData is not null || Teacher is not null, "token_label",
-            "needs token_label_data (a store from `alltokens label`) or teacher (online labels)");
         Require(Teacher is null || TeacherWeights is not null, "teacher_weights", "must be set with teacher");
         Require(Remode is "pixel" or "rand" or "const", "remode", "must be pixel, rand or const");
         Require(TrainInterpolation is "random" or "bilinear" or "bicubic", "train_interpolation", "must be random, bilinear or bicubic");

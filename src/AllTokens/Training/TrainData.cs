@@ -1,6 +1,7 @@
 using AllTokens.Data;
 using AllTokens.Data.Datasets;
 using AllTokens.Data.Transforms;
+using AllTokens.Distributed;
 using AllTokens.Models;
 
 namespace AllTokens.Training;
@@ -19,9 +20,13 @@ public static class TrainData
     /// Builds the train loader (the recipe's transform, shuffled, drop_last, <c>workers</c> threads) and the validation
     /// loader (timm eval transform with the model's crop_pct) for <paramref name="imgSize"/> inputs. The dataset format
     /// (ImageFolder, IDX, CIFAR) is detected from the folder. <paramref name="warn"/> receives one line per skipped file.
+    /// In a data-parallel <paramref name="group"/> both loaders are sharded: this rank takes its strided part of every
+    /// global batch (<c>batch_size</c> per rank) and of the validation set (the evaluator all-reduces the sums).
     /// </summary>
-    public static TrainDataSources Open(TrainConfig config, int imgSize, PretrainedDefaults? defaults = null, Action<string>? warn = null)
+    public static TrainDataSources Open(TrainConfig config, int imgSize, PretrainedDefaults? defaults = null, Action<string>? warn = null,
+        IProcessGroup? group = null)
     {
+        int rank = group?.Rank ?? 0, world = group?.Size ?? 1;
         string path = config.Data ?? throw new ArgumentException("no dataset given: pass --data PATH (or set 'data' in the recipe)");
         defaults ??= new PretrainedDefaults(imgSize, 0.9, "bicubic");
         IImageDataset train = DatasetFactory.Open(path, "train");
@@ -39,15 +44,18 @@ public static class TrainData
             _ => new TrainTransform(TimmOptions(config, imgSize, mean, std)),
         };
         var trainLoader = new DataLoader(train, transform,
-            new LoaderOptions(config.BatchSize, config.Workers, Shuffle: true, DropLast: true, seed, StrictData: config.StrictData));
+            new LoaderOptions(config.BatchSize, config.Workers, Shuffle: true, DropLast: true, seed, StrictData: config.StrictData, Rank: rank, WorldSize: world));
         if (trainLoader.BatchesPerEpoch == 0)
-            throw new ArgumentException($"{train.Source}: {train.Count} images make no full batch of {config.BatchSize}; lower batch_size");
+            throw new ArgumentException($"{train.Source}: {train.Count} images make no full batch of {trainLoader.Options.GlobalBatchSize}" +
+                                        (world > 1 ? $" ({world} ranks × {config.BatchSize})" : "") + "; lower batch_size");
         DataLoader? valLoader = null;
         if (val is not null)
         {
             var evalOptions = new EvalTransformOptions(imgSize, config.CropPct ?? defaults.CropPct,
                 defaults.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic, mean, std);
-            valLoader = DataLoader.ForEval(val, evalOptions, config.ValBatchSize ?? config.BatchSize * 2, config.Workers, config.StrictData);
+            valLoader = new DataLoader(val, new EvalSampleTransform(new EvalTransform(evalOptions)),
+                new LoaderOptions(config.ValBatchSize ?? config.BatchSize * 2, config.Workers, Shuffle: false, DropLast: false,
+                    StrictData: config.StrictData, Rank: rank, WorldSize: world));
         }
         if (warn is not null)
         {

@@ -1,4 +1,5 @@
 using AllTokens.Checkpoints;
+using AllTokens.Distributed;
 using AllTokens.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -47,7 +48,7 @@ public static class TrainSetup
 {
     /// <summary>Keys a resume may change; every other key must equal the checkpoint's.</summary>
     public static readonly IReadOnlySet<string> ResumableKeys = new HashSet<string>
-        { "epochs", "cooldown_epochs", "workers", "log_interval", "eval_every", "checkpoint_every", "save_every_steps", "data" };
+        { "epochs", "cooldown_epochs", "workers", "log_interval", "eval_every", "checkpoint_every", "save_every_steps", "data", "distributed" };
 
     /// <summary>
     /// The config a resume runs with: the checkpoint's, with <paramref name="overrides"/> applied; changing a key outside
@@ -68,21 +69,23 @@ public static class TrainSetup
         return config;
     }
 
-    /// <summary>Model, weights (<c>init_from</c>), data, task and trainer for <paramref name="config"/>.</summary>
+    /// <summary>
+    /// Model, weights (<c>init_from</c>), data, task and trainer for <paramref name="config"/>. With a data-parallel
+    /// <paramref name="group"/> (made by the caller from <c>distributed</c>, see <see cref="ProcessGroups.Create"/>) the
+    /// loaders are sharded for this rank and the trainer averages across the ranks; the session does not own the group.
+    /// </summary>
     public static TrainSession Create(TrainConfig config, string runDir, bool resume, Device? device = null, IProgress<TrainProgress>? progress = null,
-        Action<string>? warn = null)
+        Action<string>? warn = null, IProcessGroup? group = null)
     {
         config.Validate("config");
         string name = config.Model ?? throw new ArgumentException("no model given: pass --model NAME (see `alltokens models`)");
         var info = ModelRegistry.Get(name);
         int imgSize = config.ImgSize ?? info.Defaults.ImgSize;
-        var data = TrainData.Open(config, imgSize, info.Defaults, warn);
+        var data = TrainData.Open(config, imgSize, info.Defaults, warn, group);
         int numClasses = config.NumClasses ?? data.ClassNames.Count;
         if (numClasses < data.ClassNames.Count)
             throw new ArgumentException($"num_classes {numClasses} is smaller than the {data.ClassNames.Count} classes of {data.Train.Dataset.Source}");
-        // Seed before building: the initial weights (and T2T's fixed Performer projections) come from torch's default
-        // generator, so without this two runs with the same seed started from different models (found by the kill -9
-        // fault test). The trainer seeds again before the first step, or restores the generator on resume.
+        // The initial weights follow the seed, so a rerun (or the demo) starts from the same model.
         torch.manual_seed(config.Seed);
         var model = info.Create(new ModelOptions(numClasses, imgSize, config.DropPath, config.Drop));
         var owned = new List<IDisposable>();
@@ -95,7 +98,7 @@ public static class TrainSetup
                 report = WeightLoader.LoadInto(model, file.StateDict, init);
             }
             var task = CreateTask(config, model, data, owned, device);
-            var trainer = new Trainer(config, task, data.Train, data.Val, new RunInfo(runDir, name, data.ClassNames, device), progress);
+            var trainer = new Trainer(config, task, data.Train, data.Val, new RunInfo(runDir, name, data.ClassNames, device), progress, group);
             return new TrainSession(config, model, task, data, trainer, report, resume, owned);
         }
         catch
@@ -122,6 +125,9 @@ public static class TrainSetup
     {
         if (!config.TokenLabel)
             return new ClassificationTask(model, config.Smoothing, config.MixupOptions(), (ulong)config.Seed);
+        if (config.TokenLabelData is null && config.Teacher is null)
+            throw new RecipeException("token_label: true needs token_label_data (a store written by `alltokens label`, or " +
+                                      $"'{GroundTruthLabels}' for 2-D targets) or teacher + teacher_weights (online labels)");
         if (config.Mixup > 0 || config.Cutmix > 0)
             throw new RecipeException("token_label: Mixup/CutMix are off in every token-labeling recipe (MixToken replaces them); set mixup and cutmix to 0");
         int labelSize = config.TokenLabelSize ?? model.GridSize;

@@ -1,7 +1,9 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using AllTokens.Checkpoints;
 using AllTokens.Data;
+using AllTokens.Distributed;
 using AllTokens.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -38,6 +40,13 @@ public sealed record RunInfo(string RunDir, string ModelName, IReadOnlyList<stri
 /// accumulation, global-norm clipping, our AdamW/SGD over no-decay groups, timm cosine lr per epoch or per step,
 /// EMA, bf16 compute with fp32 master weights, validation of model and EMA each epoch, metrics.jsonl and plots,
 /// single-file atomic checkpoints (last, best, every N epochs) and exact resume.
+/// <para>Data parallel (a process group of N &gt; 1 ranks, each with a sharded <see cref="DataLoader"/>): rank 0's
+/// initial state (after init-from or resume) is broadcast; every micro-batch all-reduces its loss/accuracy sums and
+/// one failure and one non-finite flag per rank, so all ranks stop together; gradients are averaged in one flat bucket
+/// after backward (and accumulation) — TorchSharp 0.107 has no tensor or backward hooks to overlap the all-reduce with
+/// backward. BatchNorm keeps per-rank statistics while training (no SyncBN, as the official LV-ViT/timm code) and its
+/// buffers are averaged across ranks before each evaluation and checkpoint (timm's distribute_bn reduce). Validation
+/// is sharded and its sums all-reduced. Only rank 0 reports progress and writes the run folder.</para>
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -60,6 +69,8 @@ public sealed class Trainer : IDisposable
     private readonly LrSchedule schedule;
     private readonly ScalarType computeType;
     private readonly Device device;
+    private readonly IProcessGroup group;
+    private readonly string? tracePath = Environment.GetEnvironmentVariable(ParamTraceVariable);
 
     private int epoch, batchInEpoch;
     private long globalStep;
@@ -68,9 +79,24 @@ public sealed class Trainer : IDisposable
     private double epochLossSum;
     private long epochCorrect, epochImages;
 
-    public Trainer(TrainConfig config, ITrainTask task, IBatchSource train, IBatchSource? val, RunInfo run, IProgress<TrainProgress>? progress = null)
+    /// <summary>
+    /// Environment variable: when set to a path, every rank appends one JSON line per optimizer step (step, SHA-256 of
+    /// the fp32 parameter bytes, their sum) to <c>PATH.rank{r}</c>, to check that the ranks stay identical. Inert unless set.
+    /// </summary>
+    public const string ParamTraceVariable = "ALLTOKENS_PARAM_TRACE";
+
+    /// <param name="group">The data-parallel ranks (null: one process); <paramref name="train"/> and <paramref name="val"/>
+    /// must then be <see cref="DataLoader"/>s sharded for this rank.</param>
+    public Trainer(TrainConfig config, ITrainTask task, IBatchSource train, IBatchSource? val, RunInfo run, IProgress<TrainProgress>? progress = null,
+        IProcessGroup? group = null)
     {
         config.Validate("config");
+        this.group = group ?? SingleProcess.Instance;
+        if (this.group.Size > 1)
+            foreach (var (source, what) in new[] { (train, "training"), (val, "validation") })
+                if (source is not null && (source is not DataLoader dl || dl.Options.WorldSize != this.group.Size || dl.Options.Rank != this.group.Rank))
+                    throw new ArgumentException($"{what} data: a data-parallel run of {this.group.Size} ranks needs a DataLoader sharded for rank {this.group.Rank} " +
+                                                $"(LoaderOptions Rank/WorldSize), got {source.GetType().Name}");
         this.config = config;
         this.task = task;
         this.train = train;
@@ -81,7 +107,8 @@ public sealed class Trainer : IDisposable
         device = run.Device ?? torch.CPU;
         schedule = config.Schedule();
         computeType = config.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
-        if (train.BatchesPerEpoch < 1) throw new InvalidOperationException($"{train.Dataset.Source}: no training batches (dataset of {train.Dataset.Count} images, batch {config.BatchSize})");
+        if (train.BatchesPerEpoch < 1)
+            throw new InvalidOperationException($"{train.Dataset.Source}: no training batches (dataset of {train.Dataset.Count} images, global batch {GlobalBatchSize})");
 
         if (config.Bf16 && model.modules().Any(m => m is Layers.TokenPerformer))
             // Its fp32 island (Layers/TokenLayers.cs) meets bf16 weights inside a native Linear that aborts the process
@@ -124,6 +151,11 @@ public sealed class Trainer : IDisposable
     public ModelEma? Ema => ema;
     public long GlobalStep => globalStep;
 
+    /// <summary>Images per micro-batch over all ranks: ranks × batch_size.</summary>
+    public int GlobalBatchSize => config.BatchSize * group.Size;
+
+    private bool IsMain => group.Rank == 0;
+
     /// <summary>Path of the single-file checkpoint a resume reads.</summary>
     public static string LastCheckpointPath(string runDir) => Path.Combine(runDir, "checkpoints", "last.ckpt");
 
@@ -133,10 +165,16 @@ public sealed class Trainer : IDisposable
     /// <summary>Trains until the last epoch, or until <paramref name="cancel"/> fires (then stops at once without saving, like a kill).</summary>
     public TrainResult Run(bool resume = false, CancellationToken cancel = default)
     {
-        PrepareRunDir(resume);
-        if (resume) Resume();
-        else torch.manual_seed(config.Seed);
-        using var metrics = new MetricsLog(Path.Combine(run.RunDir, "metrics.jsonl"), globalStep);
+        Collective.Agree(group, "run folder setup", () => PrepareRunDir(resume));
+        if (resume) Collective.Agree(group, "resume", Resume);
+        // Per-rank streams for dropout/drop-path (timm seeds seed + rank); rank 0 draws as a single process would.
+        if (!resume) torch.manual_seed(config.Seed + group.Rank);
+        else if (group.Rank > 0) torch.manual_seed((long)(SeededRandom.Derive(config.Seed, group.Rank, globalStep, 0x7EED) >> 1));
+        BroadcastState();
+        if (group.Size > 1)
+            Report($"data-parallel over {group.Size} ranks: global batch {GlobalBatchSize} = {group.Size} × {config.BatchSize}" +
+                   (config.GradAccum > 1 ? $", {GlobalBatchSize * config.GradAccum} images per optimizer step (grad_accum {config.GradAccum})" : ""));
+        using var metrics = IsMain ? new MetricsLog(Path.Combine(run.RunDir, "metrics.jsonl"), globalStep) : null;
         EvalResult? lastEval = null, lastEma = null;
         var clock = Stopwatch.StartNew();
         long stepsThisSession = 0;
@@ -153,20 +191,37 @@ public sealed class Trainer : IDisposable
             logWindow.Restart();
             logImages = 0;
             int groupStart = batchInEpoch, groupSize = 0, groupTarget = GroupSize(batchInEpoch, bpe);
-            foreach (var batch in train.Epoch(epoch, batchInEpoch))
+            using var batches = train.Epoch(epoch, batchInEpoch).GetEnumerator();
+            while (true)
             {
-                using var b = batch;
                 cancel.ThrowIfCancellationRequested();
+                Batch? batch = null;
+                Exception? failure = null;
+                try
+                {
+                    if (batches.MoveNext()) batch = batches.Current;
+                }
+                catch (Exception e) when (group.Size > 1 && e is not OperationCanceledException)
+                {
+                    failure = e; // the other ranks learn of it in the step's all-reduce and stop too
+                }
+                using var b = batch;
+                var stepped = MicroStep(b, groupTarget, failure);
+                if (stepped is null) break; // no rank has a batch left: the epoch is done
+                var (meanLoss, images) = stepped.Value;
                 if (groupSize == 0) SetLr(schedule.Position(epoch, groupStart, bpe));
-                double lossValue = MicroStep(b, groupTarget);
                 groupSize++;
-                logLoss += lossValue;
-                logCount++;
-                logImages += b.Size;
+                if (images > 0)
+                {
+                    logLoss += meanLoss;
+                    logCount++;
+                }
+                logImages += images;
                 if (groupSize < groupTarget) continue;
 
                 OptimizerStep();
                 globalStep++;
+                TraceParameters();
                 stepsThisSession++;
                 batchInEpoch = groupStart + groupSize;
                 groupStart = batchInEpoch;
@@ -178,14 +233,14 @@ public sealed class Trainer : IDisposable
                 var eta = TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / stepsThisSession * Math.Max(0, totalSteps - globalStep));
                 if (globalStep % config.LogInterval == 0)
                 {
-                    metrics.Write(new JsonObject
+                    metrics?.Write(new JsonObject
                     {
                         ["kind"] = "step", ["epoch"] = epoch, ["step"] = globalStep, ["epoch_pos"] = MetricsLog.Num(epoch + (double)batchInEpoch / bpe),
                         ["loss"] = MetricsLog.Num(logLoss / logCount), ["lr"] = MetricsLog.Num(lr), ["img_s"] = MetricsLog.Num(ips),
                         ["time"] = MetricsLog.Num(clock.Elapsed.TotalSeconds),
                     });
                 }
-                progress?.Report(new TrainProgress(TrainProgressKind.Step, epoch, schedule.TotalEpochs, batchInEpoch, bpe, globalStep, logLoss / logCount, lr, ips, eta));
+                if (IsMain) progress?.Report(new TrainProgress(TrainProgressKind.Step, epoch, schedule.TotalEpochs, batchInEpoch, bpe, globalStep, logLoss / logCount, lr, ips, eta));
                 if (globalStep % config.LogInterval == 0)
                 {
                     logWindow.Restart();
@@ -194,7 +249,10 @@ public sealed class Trainer : IDisposable
                     logCount = 0;
                 }
                 if (config.SaveEverySteps > 0 && globalStep % config.SaveEverySteps == 0 && batchInEpoch < bpe)
-                    SaveCheckpoint(LastCheckpointPath(run.RunDir));
+                {
+                    AverageBuffers();
+                    if (IsMain) SaveCheckpoint(LastCheckpointPath(run.RunDir));
+                }
                 cancel.ThrowIfCancellationRequested();
             }
             // An epoch ends: validate, record, checkpoint.
@@ -206,17 +264,19 @@ public sealed class Trainer : IDisposable
                 ["lr"] = MetricsLog.Num(optimizer.Groups[0].Lr / optimizer.Groups[0].LrScale),
                 ["time"] = MetricsLog.Num(clock.Elapsed.TotalSeconds),
             };
+            if (group.Size > 1) record["world_size"] = group.Size;
             bool evalNow = val is not null && ((epoch + 1) % config.EvalEvery == 0 || epoch + 1 == schedule.TotalEpochs);
             bool improved = false;
+            AverageBuffers(); // the evaluated and saved BatchNorm statistics are the ranks' mean
             if (evalNow)
             {
-                lastEval = Evaluator.Run(model, val!, device, computeType, cancel);
+                lastEval = Evaluator.Run(model, val!, device, computeType, cancel, group);
                 record["val_top1"] = MetricsLog.Num(lastEval.Top1);
                 record["val_top5"] = MetricsLog.Num(lastEval.Top5);
                 record["val_loss"] = MetricsLog.Num(lastEval.Loss);
                 if (ema is not null)
                 {
-                    lastEma = WithWeights(ema.State, () => Evaluator.Run(model, val!, device, computeType, cancel));
+                    lastEma = WithWeights(ema.State, () => Evaluator.Run(model, val!, device, computeType, cancel, group));
                     record["ema_top1"] = MetricsLog.Num(lastEma.Top1);
                     record["ema_top5"] = MetricsLog.Num(lastEma.Top5);
                     record["ema_loss"] = MetricsLog.Num(lastEma.Loss);
@@ -234,6 +294,8 @@ public sealed class Trainer : IDisposable
             epochLossSum = 0;
             epochCorrect = 0;
             epochImages = 0;
+            record["best_top1"] = MetricsLog.Num(bestMetric ?? double.NaN);
+            if (!IsMain) continue; // only rank 0 writes the run folder
             // The last checkpoint is written LAST: it marks the epoch as done, so everything else an epoch end writes comes
             // first. A kill anywhere before it resumes from the previous checkpoint, re-runs this epoch's end and rewrites
             // the same files (the epoch record is past that checkpoint's step, so the metrics log drops it). Writing it
@@ -245,8 +307,7 @@ public sealed class Trainer : IDisposable
             if (numbered is not null) SaveCheckpoint(numbered, nextEpoch, 0);
             ExportWeights(Path.Combine(run.RunDir, "last.safetensors"), CanonicalState());
             if (ema is not null) ExportWeights(Path.Combine(run.RunDir, "last_ema.safetensors"), ema.State);
-            record["best_top1"] = MetricsLog.Num(bestMetric ?? double.NaN);
-            metrics.Write(record);
+            metrics!.Write(record);
             Plots.WriteAll(run.RunDir, metrics.Records);
             if (numbered is not null) AtomicFile.Copy(numbered, LastCheckpointPath(run.RunDir));
             else SaveCheckpoint(LastCheckpointPath(run.RunDir), nextEpoch, 0);
@@ -267,31 +328,65 @@ public sealed class Trainer : IDisposable
         foreach (var g in optimizer.Groups) g.Lr = schedule.At(position, config.Lr * g.LrScale);
     }
 
-    /// <summary>Forward, loss, backward of one micro-batch, in its own dispose scope. Returns the loss.</summary>
-    private double MicroStep(Batch b, int groupSize)
+    /// <summary>
+    /// Forward, loss, backward of one micro-batch, in its own dispose scope. The loss/accuracy sums, whether this rank had
+    /// a batch, its failure and a non-finite flag are all-reduced before backward, so every rank stops at the same step.
+    /// Returns the mean loss and image count over all ranks, or null when no rank had a batch (the epoch is over).
+    /// </summary>
+    private (double MeanLoss, long Images)? MicroStep(Batch? b, int groupSize, Exception? failure)
     {
         using var scope = torch.NewDisposeScope();
-        var input = b.Images.dtype == computeType && b.Images.device == device ? b :
-            new Batch { Images = b.Images.to(computeType, device), Labels = b.Labels.to(device), Indices = b.Indices, Augments = b.Augments };
-        var output = task.Step(input);
-        double loss = output.Loss.item<float>();
-        if (!double.IsFinite(loss))
+        Tensor? loss = null;
+        double lossValue = 0;
+        long top1 = 0;
+        int size = b?.Size ?? 0;
+        if (failure is null && size > 0)
+        {
+            try
+            {
+                var input = b!.Images.dtype == computeType && b.Images.device == device ? b :
+                    new Batch { Images = b.Images.to(computeType, device), Labels = b.Labels.to(device), Indices = b.Indices, Augments = b.Augments };
+                var output = task.Step(input);
+                lossValue = output.Loss.item<float>();
+                loss = output.Loss;
+                if (double.IsFinite(lossValue)) (top1, _) = Evaluator.TopK(output.Logits.detach().to(ScalarType.Float32), input.Labels);
+            }
+            catch (Exception e) when (group.Size > 1 && e is not OperationCanceledException)
+            {
+                failure = e;
+            }
+        }
+        bool nonFinite = loss is not null && !double.IsFinite(lossValue);
+        // [loss·images, correct, images, ranks with a batch, non-finite flag per rank]
+        var sums = new double[4 + group.Size];
+        sums[0] = nonFinite ? 0 : lossValue * size;
+        sums[1] = top1;
+        sums[2] = size;
+        sums[3] = b is not null || failure is not null ? 1 : 0;
+        sums[4 + group.Rank] = nonFinite ? 1 : 0;
+        Collective.AllReduceSum(group, sums, failure, $"training (epoch {epoch}, batch {batchInEpoch})");
+        var badRanks = Enumerable.Range(0, group.Size).Where(r => sums[4 + r] > 0).ToList();
+        if (badRanks.Count > 0)
         {
             string last = File.Exists(LastCheckpointPath(run.RunDir)) ? $"the last good checkpoint is {LastCheckpointPath(run.RunDir)}" : "no checkpoint was written yet";
-            throw new NonFiniteLossException($"loss is {loss} at epoch {epoch}, batch {batchInEpoch} (optimizer step {globalStep + 1}); stopped without saving; {last}. " +
+            string what = group.Size == 1 ? $"loss is {lossValue}" : $"loss is not finite on rank{(badRanks.Count > 1 ? "s" : "")} {string.Join(", ", badRanks)}";
+            throw new NonFiniteLossException($"{what} at epoch {epoch}, batch {batchInEpoch} (optimizer step {globalStep + 1}); stopped without saving; {last}. " +
                                              "Try a lower --lr, clip_grad, or fp32 instead of --bf16.");
         }
-        (output.Loss / groupSize).backward();
-        var (top1, _) = Evaluator.TopK(output.Logits.detach().to(ScalarType.Float32), input.Labels);
-        epochLossSum += loss * b.Size;
-        epochCorrect += top1;
-        epochImages += b.Size;
-        return loss;
+        if (sums[3] == 0) return null;
+        if (sums[3] != group.Size)
+            throw new InvalidOperationException($"ranks disagree on the batches of epoch {epoch}: {sums[3]} of {group.Size} have batch {batchInEpoch}");
+        loss?.div(groupSize).backward();
+        epochLossSum += sums[0];
+        epochCorrect += (long)sums[1];
+        epochImages += (long)sums[2];
+        return (sums[2] > 0 ? sums[0] / sums[2] : double.NaN, (long)sums[2]);
     }
 
     private void OptimizerStep()
     {
         using var scope = torch.NewDisposeScope();
+        DataParallel.AverageGradients(model.parameters(), group); // after backward and accumulation; before clipping
         var byName = entries.ToDictionary(e => e.Name);
         var grads = new List<Tensor>();
         foreach (var p in optimizer.Params)
@@ -378,6 +473,7 @@ public sealed class Trainer : IDisposable
             OptimizerSteps = optimizer.StepCounts(), TaskState = task.SaveState(), HasEma = ema is not null,
             BestMetric = bestMetric, BestEpoch = bestEpoch,
             EpochLossSum = epochLossSum, EpochCorrect = epochCorrect, EpochImages = epochImages,
+            WorldSize = group.Size, GlobalBatchSize = GlobalBatchSize,
             Config = config.ToDictionary(),
         };
         RawTensor rng;
@@ -389,6 +485,14 @@ public sealed class Trainer : IDisposable
 
     private void PrepareRunDir(bool resume)
     {
+        if (!IsMain)
+        {
+            // Rank 0 owns the run folder; the others only read the checkpoint of a resume (a shared filesystem across hosts).
+            if (resume && !File.Exists(LastCheckpointPath(run.RunDir)))
+                throw new FileNotFoundException($"rank {group.Rank} on {Environment.MachineName}: nothing to resume (no {LastCheckpointPath(run.RunDir)}); " +
+                                                "every rank reads the checkpoint, so keep the run folder on a filesystem all hosts share", LastCheckpointPath(run.RunDir));
+            return;
+        }
         try
         {
             Directory.CreateDirectory(Path.Combine(run.RunDir, "checkpoints"));
@@ -461,15 +565,95 @@ public sealed class Trainer : IDisposable
         }
         task.LoadState(s.TaskState);
         epoch = s.Epoch;
-        batchInEpoch = s.Batch;
+        batchInEpoch = ResumeBatch(s, ck.Path);
         globalStep = s.GlobalStep;
         bestMetric = s.BestMetric;
         bestEpoch = s.BestEpoch;
         epochLossSum = s.EpochLossSum;
         epochCorrect = s.EpochCorrect;
         epochImages = s.EpochImages;
-        progress?.Report(new TrainProgress(TrainProgressKind.Message, epoch, schedule.TotalEpochs, batchInEpoch, train.BatchesPerEpoch, globalStep, 0, 0, 0, TimeSpan.Zero,
-            $"resumed {ck.Path}: epoch {epoch}, batch {batchInEpoch}, step {globalStep}"));
+        Report($"resumed {ck.Path}: epoch {epoch}, batch {batchInEpoch}, step {globalStep}" +
+               (s.WorldSize != group.Size ? $" (saved by {s.WorldSize} rank(s), global batch {s.GlobalBatchSize ?? config.BatchSize}; now {group.Size}, global batch {GlobalBatchSize})" : ""));
+    }
+
+    private int ResumeBatch(TrainState s, string path) =>
+        ResumePosition(s.Batch, s.GlobalBatchSize ?? config.BatchSize, GlobalBatchSize, // checkpoints from before data parallelism: one process
+            $"{path}: saved mid-epoch {s.Epoch} by {s.WorldSize} rank(s)", $"resume with {s.WorldSize} rank(s)");
+
+    /// <summary>
+    /// The global batch to resume at when the global batch changes (another rank count). A checkpoint's position is a
+    /// number of samples into the epoch's order, <paramref name="savedBatch"/> × <paramref name="savedGlobalBatch"/>;
+    /// the run continues from that sample when <paramref name="globalBatch"/> divides it, and is refused otherwise
+    /// (an epoch-end checkpoint, batch 0, always fits).
+    /// </summary>
+    public static int ResumePosition(int savedBatch, int savedGlobalBatch, int globalBatch, string where = "checkpoint", string fix = "resume with the rank count that saved it")
+    {
+        long samples = (long)savedBatch * savedGlobalBatch;
+        if (samples % globalBatch != 0)
+            throw new InvalidOperationException($"{where} at global batch {savedBatch} of {savedGlobalBatch} images (sample {samples} of the epoch); the global batch is now " +
+                                                $"{globalBatch}, which does not divide {samples}: {fix}, or from a checkpoint at an epoch end");
+        return checked((int)(samples / globalBatch));
+    }
+
+    /// <summary>Makes every rank start from rank 0's weights, buffers, masters, EMA and optimizer state.</summary>
+    private void BroadcastState()
+    {
+        if (group.Size == 1) return;
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        foreach (var e in entries)
+        {
+            group.Broadcast(e.Canonical);
+            if (e.Master is not null) e.ModelTensor.copy_(e.Master);
+        }
+        if (ema is not null)
+            foreach (var (_, t) in ema.State) group.Broadcast(t);
+        foreach (var (_, t) in optimizer.StateTensors()) group.Broadcast(t);
+    }
+
+    /// <summary>Averages the floating-point buffers (BatchNorm running statistics) of the model and its EMA across the ranks.</summary>
+    private void AverageBuffers()
+    {
+        if (group.Size == 1 || entries.All(e => e.IsParameter || !e.ModelTensor.is_floating_point())) return;
+        DataParallel.AverageBuffers(model, group);
+        if (ema is null) return;
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        for (int i = 0; i < entries.Count; i++)
+        {
+            var t = ema.State[i].Value;
+            if (entries[i].IsParameter || !t.is_floating_point()) continue;
+            var f = t.to(ScalarType.Float32).cpu().contiguous();
+            group.AllReduceSum(f);
+            t.copy_(f.div_(group.Size));
+        }
+    }
+
+    /// <summary>With <see cref="ParamTraceVariable"/> set: one line per step with a hash of this rank's parameters.</summary>
+    private void TraceParameters()
+    {
+        if (string.IsNullOrEmpty(tracePath)) return;
+        using var scope = torch.NewDisposeScope();
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        double sum = 0;
+        foreach (var e in entries.Where(e => e.IsParameter))
+        {
+            var t = e.Canonical.detach().to(ScalarType.Float32).cpu().contiguous();
+            hash.AppendData(t.bytes);
+            sum += t.sum().ToDouble();
+        }
+        var line = new JsonObject
+        {
+            ["rank"] = group.Rank, ["world_size"] = group.Size, ["step"] = globalStep,
+            ["sha256"] = Convert.ToHexString(hash.GetHashAndReset()), ["sum"] = MetricsLog.Num(sum),
+        };
+        File.AppendAllText($"{tracePath}.rank{group.Rank}", line.ToJsonString() + "\n");
+    }
+
+    private void Report(string message)
+    {
+        if (IsMain)
+            progress?.Report(new TrainProgress(TrainProgressKind.Message, epoch, schedule.TotalEpochs, batchInEpoch, train.BatchesPerEpoch, globalStep, 0, 0, 0, TimeSpan.Zero, message));
     }
 
     public void Dispose()

@@ -14,14 +14,22 @@ public class MpiTests
             .Select(d => Path.Combine(d, "mpirun")).FirstOrDefault(File.Exists);
 
     /// <summary>Runs the CLI (next to the test assembly) under mpirun with <paramref name="ranks"/> processes on loopback.</summary>
-    public static (int Code, string Out, string Err) RunUnderMpirun(int ranks, IEnumerable<string> args, int timeoutSeconds = 300)
+    public static (int Code, string Out, string Err) RunUnderMpirun(int ranks, IEnumerable<string> args, int timeoutSeconds = 300,
+        IReadOnlyDictionary<string, string>? env = null)
     {
         string mpirun = FindMpirun() ?? throw new InvalidOperationException("mpirun not found");
         string cli = Path.Combine(AppContext.BaseDirectory, "AllTokens.Cli.dll");
         var psi = new ProcessStartInfo(mpirun) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { "--allow-run-as-root", "--oversubscribe", "-np", ranks.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                     "--mca", "btl", "self,vader", "-x", "OMP_NUM_THREADS=1", "dotnet", cli })
+                     "--mca", "btl", "self,vader", "-x", "OMP_NUM_THREADS=1" })
             psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env ?? new Dictionary<string, string>())
+        {
+            psi.ArgumentList.Add("-x");
+            psi.ArgumentList.Add($"{k}={v}");
+        }
+        psi.ArgumentList.Add("dotnet");
+        psi.ArgumentList.Add(cli);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["OMPI_MCA_plm_rsh_agent"] = "";   // never try ssh on a single host
         using var p = Process.Start(psi)!;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# AllTokens vs PyTorch on the same CPU, back to back: train step and inference images/s for the same architecture.
+# usage: bench/compare.sh [MODEL...]   (default: lvvit_t t2t_vit_7)
+# env: THREADS (2), BATCH (8), RES (224), STEPS (10), WARMUP (3), ROUNDS (3), TASK (auto: LV-ViT's token-label step; ce)
+# Needs Debian's python3-torch (and libopenblas0-openmp for OpenBLAS); prints one line per round and the median ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto}
+models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
+./alltokens models >/dev/null   # build once, outside the timings
+out=$(mktemp); trap 'rm -f "$out"' EXIT
+for m in "${models[@]}"; do
+  for r in $(seq "$ROUNDS"); do
+    ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"
+    /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
+      $([[ $TASK == ce ]] && echo --ce) | tee -a "$out"
+  done
+done
+/usr/bin/python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+for m in sorted({r["model"] for r in rows}):
+    def med(impl, key):
+        v = [r[key] for r in rows if r["model"] == m and r["impl"] == impl]
+        return statistics.median(v) if v else float("nan")
+    at, pt = med("alltokens", "train_images_per_s"), med("pytorch", "train_images_per_s")
+    ai, pi = med("alltokens", "infer_images_per_s"), med("pytorch", "infer_images_per_s")
+    am, pm = med("alltokens", "peak_rss_mb"), med("pytorch", "peak_rss_mb")
+    print(f"{m}: train {at:.2f} vs {pt:.2f} img/s (×{at/pt:.2f}); inference {ai:.2f} vs {pi:.2f} img/s (×{ai/pi:.2f}); peak RSS {am:.0f} vs {pm:.0f} MiB")
+PY
