@@ -68,16 +68,17 @@ public static class Safetensors
             }
             File.Move(tmp, full, overwrite: true);
         }
-        catch
+        catch (Exception e)
         {
             try
             {
                 File.Delete(tmp);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception de) when (de is IOException or UnauthorizedAccessException)
             {
                 // best effort; the original exception matters more
             }
+            if (WriteFailure.Describe(full, e) is { } described) throw described;
             throw;
         }
     }

@@ -88,7 +88,15 @@ public static class StateDicts
             case PickleDict d when d.Count == 0:
                 return $"no state dict found: the checkpoint is an empty dict ({expected})";
             case PickleDict d:
-                return $"no state dict found; top-level keys: {PickleText.JoinKeys(d.Keys)} ({expected})";
+                // Name what an attacker put where tensors belong (found by the hostile-input suite: a dict whose value is
+                // an os.system call was reported only by its key).
+                var inert = d.Where(kv => kv.Value is PickleObject { RootGlobal.IsAllowlisted: false } or PickleGlobal { IsAllowlisted: false })
+                    .Select(kv => $"'{(kv.Value as PickleObject)?.RootGlobal!.FullName ?? ((PickleGlobal)kv.Value!).FullName}' under {PickleText.Describe(kv.Key)}")
+                    .Take(3).ToList();
+                var inertNote = inert.Count > 0
+                    ? $"; {string.Join(", ", inert)} {(inert.Count == 1 ? "is not on the allowlist and was recorded as an inert placeholder" : "are not on the allowlist and were recorded as inert placeholders")}, never called"
+                    : "";
+                return $"no state dict found; top-level keys: {PickleText.JoinKeys(d.Keys)}{inertNote} ({expected})";
             case PickleObject o:
                 var g = o.RootGlobal;
                 var note = g is { IsAllowlisted: false }

@@ -89,6 +89,13 @@ public static class WeightLoader
                     report.Notes.Add($"{key} converted {value.dtype} → {target.dtype}");
                 value = value.to(target.dtype);
             }
+            if (value.is_floating_point() && !torch.isfinite(value).all().item<bool>())
+            {
+                long bad = value.numel() - torch.isfinite(value).sum().item<long>();
+                // predict/eval would print meaningless scores and init_from would start from a broken model: refuse by name.
+                throw new CheckpointFormatException(source, $"'{key}' holds {bad} NaN or Inf value(s) of {value.numel()}; " +
+                                                            "the weights are unusable (saved from a diverged run?)");
+            }
             ready.Add((target, value));
         }
         foreach (var key in incoming.Keys)

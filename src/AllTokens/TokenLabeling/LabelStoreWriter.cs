@@ -184,13 +184,38 @@ public sealed class LabelStoreWriter : IDisposable
         }
         BinaryPrimitives.WriteUInt32LittleEndian(s[p..], Crc32.Compute(s[4..p]));
         long pos = fs.Position;
-        fs.Write(rec);
+        try
+        {
+            fs.Write(rec);
+        }
+        catch (Exception e) when (WriteFailure.Reason(e) is { } reason)
+        {
+            throw WriteFailed(reason, e);
+        }
         offsets[key] = pos;
         order.Add(key);
     }
 
     /// <summary>Makes every record added so far durable (fsync).</summary>
-    public void Flush() => fs.Flush(flushToDisk: true);
+    public void Flush()
+    {
+        try
+        {
+            fs.Flush(flushToDisk: true);
+        }
+        catch (Exception e) when (WriteFailure.Reason(e) is { } reason)
+        {
+            throw WriteFailed(reason, e);
+        }
+    }
+
+    /// <summary>
+    /// A failed write (disk full, file-size limit) named by file, saying what is kept. .NET reports EFBIG without a file
+    /// name (found by the disk-full fault test: "Specified file length was too large for the file system").
+    /// </summary>
+    private IOException WriteFailed(string reason, Exception e) =>
+        new($"{PartialPath}: could not write the label store ({reason}); the complete records written so far stay in it " +
+            "and running `label` again with the same arguments resumes from them", e);
 
     /// <summary>Writes index and footer, syncs, and renames the file to <see cref="Path"/>.</summary>
     public void Complete()
@@ -213,14 +238,28 @@ public sealed class LabelStoreWriter : IDisposable
         var withCrc = new byte[idx.Length + 4];
         idx.CopyTo(withCrc, 0);
         BinaryPrimitives.WriteUInt32LittleEndian(withCrc.AsSpan(idx.Length), Crc32.Compute(idx.AsSpan(4)));
-        fs.Write(withCrc);
+        try
+        {
+            fs.Write(withCrc);
+        }
+        catch (Exception e) when (WriteFailure.Reason(e) is { } reason)
+        {
+            throw WriteFailed(reason, e);
+        }
         var footer = new byte[LabelStore.FooterSize];
         BinaryPrimitives.WriteInt64LittleEndian(footer, indexOffset);
         BinaryPrimitives.WriteInt32LittleEndian(footer.AsSpan(8), order.Count);
         BinaryPrimitives.WriteUInt32LittleEndian(footer.AsSpan(12), Crc32.Compute(footer.AsSpan(0, 12)));
         LabelStore.FooterMagic.CopyTo(footer, 16);
-        fs.Write(footer);
-        fs.Flush(flushToDisk: true);
+        try
+        {
+            fs.Write(footer);
+            fs.Flush(flushToDisk: true);
+        }
+        catch (Exception e) when (WriteFailure.Reason(e) is { } reason)
+        {
+            throw WriteFailed(reason, e);
+        }
         fs.Dispose();
         File.Move(PartialPath, Path, overwrite: true);
         completed = true;
@@ -234,9 +273,20 @@ public sealed class LabelStoreWriter : IDisposable
         {
             fs.Flush(flushToDisk: true);
         }
+        catch (Exception e) when (WriteFailure.Reason(e) is not null)
+        {
+            // A full disk: the error that got us here was already thrown by Add/Flush/Complete; a torn last record is
+            // cut off by the next resume. Throwing again from Dispose would replace that error.
+        }
         finally
         {
-            fs.Dispose();
+            try
+            {
+                fs.Dispose(); // flushes what is still buffered: may fail the same way
+            }
+            catch (Exception e) when (WriteFailure.Reason(e) is not null)
+            {
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ public static class IdxReader
         if (imgDims[0] != labDims[0]) throw new InvalidDataException($"{images}: {imgDims[0]} images but {labels} has {labDims[0]} labels");
         bool fashion = dir.Contains("fashion", StringComparison.OrdinalIgnoreCase);
         var names = fashion ? FashionMnistClasses : Enumerable.Range(0, 10).Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        int bad = Array.FindIndex(lab, b => b >= names.Length);
+        if (bad >= 0) throw new InvalidDataException($"{labels}: label {lab[bad]} of sample {bad} is outside the {names.Length} classes");
         return new InMemoryDataset(img, lab.Select(b => (int)b).ToArray(), imgDims[2], imgDims[1], 1, names, $"{dir} ({split})", split);
     }
 
@@ -64,6 +66,11 @@ public static class IdxReader
         catch (EndOfStreamException)
         {
             throw new InvalidDataException($"{path}: file is truncated");
+        }
+        catch (InvalidDataException e)
+        {
+            // GZipStream's own error names no file (found by the hostile-input suite).
+            throw new InvalidDataException($"{path}: not valid gzip data ({e.Message})", e);
         }
     }
 }

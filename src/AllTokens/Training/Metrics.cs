@@ -48,9 +48,16 @@ public sealed class MetricsLog : IDisposable
     public void Write(JsonObject record)
     {
         records.Add(record);
-        writer.Write(record.ToJsonString());
-        writer.Write('\n');
-        writer.Flush();
+        try
+        {
+            writer.Write(record.ToJsonString());
+            writer.Write('\n');
+            writer.Flush();
+        }
+        catch (Exception e) when (WriteFailure.Describe(Path, e) is { } described)
+        {
+            throw described;
+        }
     }
 
     public void Dispose() => writer.Dispose();
@@ -79,16 +86,17 @@ public static class AtomicFile
             }
             File.Move(tmp, full, overwrite: true);
         }
-        catch
+        catch (Exception e)
         {
             try
             {
                 File.Delete(tmp);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception de) when (de is IOException or UnauthorizedAccessException)
             {
                 // best effort; the original error matters more
             }
+            if (WriteFailure.Describe(full, e) is { } described) throw described;
             throw;
         }
     }
@@ -110,9 +118,10 @@ public static class AtomicFile
             }
             File.Move(tmp, full, overwrite: true);
         }
-        catch
+        catch (Exception e)
         {
             if (File.Exists(tmp)) File.Delete(tmp);
+            if (WriteFailure.Describe(full, e) is { } described) throw described;
             throw;
         }
     }

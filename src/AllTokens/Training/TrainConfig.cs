@@ -244,6 +244,12 @@ public sealed class TrainConfig
         {
             throw new RecipeException($"{path}:{e.Start.Line}: malformed YAML: {e.Message}");
         }
+        catch (InvalidOperationException e)
+        {
+            // YamlDotNet's scanner throws this instead of a YamlException on some malformed input (an unclosed
+            // flow sequence such as "lr: [0.1" followed by more keys; found by the hostile-input suite).
+            throw new RecipeException($"{path}: malformed YAML (the parser stopped: {e.Message})");
+        }
         if (stream.Documents.Count == 0) return;
         if (stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new RecipeException($"{path}: a recipe is a mapping of keys to values (key: value lines)");
@@ -347,11 +353,13 @@ public sealed class TrainConfig
         Require(DropPath is >= 0 and < 1, "drop_path", "must be in [0, 1)");
         Require(Drop is >= 0 and < 1, "drop", "must be in [0, 1)");
         Require(ModelEmaDecay is >= 0 and <= 1, "model_ema_decay", "must be in [0, 1]");
-        Require(ImgSize is null or >= 16, "img_size", "must be ≥ 16");
+        // The upper bounds match predict/eval's flags: a ViT at img_size 100000 allocated 20 GB for its position
+        // embedding before saying anything (found by the hostile-input suite).
+        Require(ImgSize is null or (>= 16 and <= 8192), "img_size", "must be in [16, 8192]");
         Require(NumClasses is null or >= 1, "num_classes", "must be ≥ 1");
         Require(Subset is null or >= 1, "subset", "must be ≥ 1");
         Require(ValSubset is null or >= 1, "val_subset", "must be ≥ 1");
-        Require(Workers >= 0, "workers", "must be ≥ 0");
+        Require(Workers is >= 0 and <= 256, "workers", "must be in [0, 256]");
         Require(LogInterval >= 1, "log_interval", "must be ≥ 1");
         Require(CheckpointEvery >= 0, "checkpoint_every", "must be ≥ 0");
         Require(SaveEverySteps >= 0, "save_every_steps", "must be ≥ 0");

@@ -24,7 +24,7 @@ public enum TrainProgressKind
     Message,
 }
 
-/// <summary>The loss stopped being a finite number; the run stops and keeps its last good checkpoint.</summary>
+/// <summary>The loss or the weights stopped being finite numbers; the run stops and keeps its last good checkpoint.</summary>
 public sealed class NonFiniteLossException(string message) : Exception(message);
 
 /// <summary>How a run ended.</summary>
@@ -296,16 +296,21 @@ public sealed class Trainer : IDisposable
             epochImages = 0;
             record["best_top1"] = MetricsLog.Num(bestMetric ?? double.NaN);
             if (!IsMain) continue; // only rank 0 writes the run folder
-            // best weights first: a kill before the checkpoint re-runs this epoch and rewrites them.
+            // The last checkpoint is written LAST: it marks the epoch as done, so everything else an epoch end writes comes
+            // first. A kill anywhere before it resumes from the previous checkpoint, re-runs this epoch's end and rewrites
+            // the same files (the epoch record is past that checkpoint's step, so the metrics log drops it). Writing it
+            // first lost the numbered checkpoint, exports and epoch record of a kill in between (found by the kill -9 test).
             if (improved) ExportWeights(Path.Combine(run.RunDir, "best.safetensors"), ema?.State ?? CanonicalState());
             int nextEpoch = epoch + 1;
-            SaveCheckpoint(LastCheckpointPath(run.RunDir), nextEpoch, 0);
+            string? numbered = config.CheckpointEvery > 0 && nextEpoch % config.CheckpointEvery == 0
+                ? Path.Combine(run.RunDir, "checkpoints", $"epoch_{nextEpoch:D4}.ckpt") : null;
+            if (numbered is not null) SaveCheckpoint(numbered, nextEpoch, 0);
             ExportWeights(Path.Combine(run.RunDir, "last.safetensors"), CanonicalState());
             if (ema is not null) ExportWeights(Path.Combine(run.RunDir, "last_ema.safetensors"), ema.State);
-            if (config.CheckpointEvery > 0 && nextEpoch % config.CheckpointEvery == 0)
-                AtomicFile.Copy(LastCheckpointPath(run.RunDir), Path.Combine(run.RunDir, "checkpoints", $"epoch_{nextEpoch:D4}.ckpt"));
             metrics!.Write(record);
             Plots.WriteAll(run.RunDir, metrics.Records);
+            if (numbered is not null) AtomicFile.Copy(numbered, LastCheckpointPath(run.RunDir));
+            else SaveCheckpoint(LastCheckpointPath(run.RunDir), nextEpoch, 0);
             progress?.Report(new TrainProgress(TrainProgressKind.Epoch, epoch, schedule.TotalEpochs, bpe, bpe, globalStep,
                 MetricsLog.ToDouble(record["train_loss"]) ?? double.NaN, MetricsLog.ToDouble(record["lr"]) ?? 0, 0,
                 TimeSpan.FromSeconds(stepsThisSession == 0 ? 0 : clock.Elapsed.TotalSeconds / stepsThisSession * Math.Max(0, totalSteps - globalStep)), Record: record));
@@ -431,13 +436,36 @@ public sealed class Trainer : IDisposable
         }).ToList();
 
     /// <summary>Model weights in our ModelWeights format (fp32, with metadata) so `predict` and `--init-from` read them.</summary>
-    private void ExportWeights(string path, IReadOnlyList<KeyValuePair<string, Tensor>> state) =>
+    private void ExportWeights(string path, IReadOnlyList<KeyValuePair<string, Tensor>> state)
+    {
+        ThrowIfNonFinite(state, "");
         Safetensors.Write(path, Raw(state), new WeightsMetadata(run.ModelName, model.Options, run.ClassNames).ToDictionary());
+    }
+
+    /// <summary>
+    /// Refuses to write NaN/Inf: an optimizer step can turn the weights non-finite while its own loss was still finite
+    /// (found by the fault suite: at lr 1e3 the "last good checkpoint" held NaN weights). Stopping here keeps the
+    /// checkpoint on disk good.
+    /// </summary>
+    private void ThrowIfNonFinite(IEnumerable<KeyValuePair<string, Tensor>> tensors, string prefix)
+    {
+        using var scope = torch.NewDisposeScope();
+        foreach (var (name, t) in tensors)
+        {
+            if (!t.is_floating_point() || torch.isfinite(t).all().item<bool>()) continue;
+            string last = File.Exists(LastCheckpointPath(run.RunDir)) ? $"the last good checkpoint is {LastCheckpointPath(run.RunDir)}" : "no checkpoint was written yet";
+            throw new NonFiniteLossException($"'{prefix}{name}' holds NaN or Inf after optimizer step {globalStep} (epoch {epoch}): training diverged; " +
+                                             $"stopped without saving; {last}. Try a lower --lr, clip_grad, or fp32 instead of --bf16.");
+        }
+    }
 
     private void SaveCheckpoint(string path) => SaveCheckpoint(path, epoch, batchInEpoch);
 
     private void SaveCheckpoint(string path, int atEpoch, int atBatch)
     {
+        ThrowIfNonFinite(CanonicalState(), "");
+        if (ema is not null) ThrowIfNonFinite(ema.State, "ema/");
+        ThrowIfNonFinite(optimizer.StateTensors(), "optimizer state ");
         var state = new TrainState
         {
             Model = run.ModelName, Options = model.Options, ClassNames = run.ClassNames,
@@ -476,6 +504,7 @@ public sealed class Trainer : IDisposable
         {
             throw new IOException($"{run.RunDir}: cannot write to the run folder ({e.Message})", e);
         }
+        RemoveStaleTempFiles();
         bool hasRun = File.Exists(LastCheckpointPath(run.RunDir));
         if (!resume && hasRun)
             throw new InvalidOperationException($"{run.RunDir} already holds a run ({LastCheckpointPath(run.RunDir)}); pass --resume to continue it or choose another --out");
@@ -485,6 +514,28 @@ public sealed class Trainer : IDisposable
             AtomicFile.WriteAllText(Path.Combine(run.RunDir, "config.yaml"),
                 config.ToYaml($"effective config of this run ({run.ModelName}), written {DateTime.UtcNow:u}"));
     }
+
+    /// <summary>
+    /// Deletes the temp files of writes a kill cut short (<c>.NAME.[PID.]GUID.tmp</c>, the pattern of our atomic writers) in
+    /// the run folder and its checkpoints/: each is a partial copy of a file that was never renamed into place, and a run
+    /// killed during its checkpoint writes would otherwise collect one per kill (found by the kill -9 fault test).
+    /// </summary>
+    private void RemoveStaleTempFiles()
+    {
+        int removed = 0;
+        foreach (var folder in new[] { run.RunDir, Path.Combine(run.RunDir, "checkpoints") })
+            foreach (var f in Directory.EnumerateFiles(folder, ".*.tmp"))
+                if (StaleTemp.IsMatch(Path.GetFileName(f)))
+                {
+                    File.Delete(f);
+                    removed++;
+                }
+        if (removed > 0)
+            progress?.Report(new TrainProgress(TrainProgressKind.Message, epoch, schedule.TotalEpochs, 0, train.BatchesPerEpoch, globalStep, 0, 0, 0, TimeSpan.Zero,
+                $"removed {removed} partial file(s) left by an interrupted write in {run.RunDir}"));
+    }
+
+    private static readonly System.Text.RegularExpressions.Regex StaleTemp = new(@"^\..+\.(\d+\.)?[0-9a-f]{32}\.tmp$");
 
     private void Resume()
     {
