@@ -10,7 +10,7 @@ namespace AllTokens.Training;
 public sealed record TrainDataSources(IBatchSource Train, IBatchSource? Val, IReadOnlyList<string> ClassNames)
 {
     /// <summary>Samples skipped so far because their files could not be read (train and val).</summary>
-    public long SkippedCount => (Train as DataLoader)?.SkippedCount ?? 0 + ((Val as DataLoader)?.SkippedCount ?? 0);
+    public long SkippedCount => ((Train as DataLoader)?.SkippedCount ?? 0) + ((Val as DataLoader)?.SkippedCount ?? 0);
 }
 
 /// <summary>The one place where a run's datasets and loaders are built from the config.</summary>
