@@ -45,7 +45,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     private Tensor PrmExp(Tensor z)
     {
         var half = (z * z).sum(-1, keepdim: true) / 2;                        // [B, T, 1]
-        var wtx = z.to(ScalarType.Float32).matmul(w.t());                     // [B, T, m] (fp32, as the original)
+        var wtx = z.to(ScalarType.Float32).matmul(w.t().to(ScalarType.Float32)); // [B, T, m] (fp32, as the original, also under bf16)
         return (wtx - half).exp() / Math.Sqrt(m);
     }
 
@@ -57,7 +57,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var qp = PrmExp(q);
         var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1]
         var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
-        var y = qp.matmul(kptv.transpose(1, 2)) / (d + Epsilon);              // [B, T, e]
+        var y = (qp.matmul(kptv.transpose(1, 2)) / (d + Epsilon)).to(v.dtype); // [B, T, e], back to the compute dtype
         y = v + dp.call(proj.call(y));
         return y + mlp.call(norm2.call(y));
     }

@@ -71,7 +71,7 @@ public static class TrainBenchmark
                     var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
                     var sw = Stopwatch.StartNew();
                     var y = model.call(b.Images);
-                    _ = y.sum().item<float>();
+                    _ = y.sum().to(ScalarType.Float32).item<float>();
                     if (s >= warmup) inferTimes.Add(sw.Elapsed.TotalSeconds);
                 }
         }

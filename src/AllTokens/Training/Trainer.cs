@@ -110,10 +110,6 @@ public sealed class Trainer : IDisposable
         if (train.BatchesPerEpoch < 1)
             throw new InvalidOperationException($"{train.Dataset.Source}: no training batches (dataset of {train.Dataset.Count} images, global batch {GlobalBatchSize})");
 
-        if (config.Bf16 && model.modules().Any(m => m is Layers.TokenPerformer))
-            // Its fp32 island (Layers/TokenLayers.cs) meets bf16 weights inside a native Linear that aborts the process
-            // instead of throwing, so refuse up front.
-            throw new NotSupportedException($"{run.ModelName}: bf16 is not supported yet for models with Performer T2T layers; train in fp32 (drop --bf16) or use a t2t_vit_t_* model");
         model.to(device);
         foreach (var (name, p) in model.named_parameters())
             if (ParameterGroups.IsFrozen(name, config.Freeze)) p.requires_grad_(false);

@@ -248,14 +248,24 @@ public sealed class TrainerTests : IDisposable
     }
 
     [Fact]
-    public void Bf16IsRefusedForPerformerModelsInsteadOfAborting()
+    public void Bf16TrainsPerformerModelsWithTheirFp32Island()
     {
+        // TinyConfig's model is a T2T-ViT with Performer T2T layers: their random features run in fp32 inside the
+        // bf16 model and hand bf16 back (Layers/TokenLayers.cs).
         var c = TinyConfig();
+        c.Epochs = 1;
         c.Bf16 = true;
         var (model, train, val) = Tiny(c, images: 16);
         using var _m = model;
-        var e = Assert.Throws<NotSupportedException>(() => new Trainer(c, new ClassificationTask(model), train, val, new RunInfo(Path.Combine(dir, "bfp"), c.Model!)));
-        Assert.Contains("bf16", e.Message);
+        Assert.Contains(model.modules(), m => m is AllTokens.Layers.TokenPerformer);
+        var losses = new List<double>();
+        using var trainer = new Trainer(c, new ClassificationTask(model), train, val, new RunInfo(Path.Combine(dir, "bfp"), c.Model!),
+            new SyncProgress(p => { if (p.Kind == TrainProgressKind.Step) losses.Add(p.Loss); }));
+        var result = trainer.Run(cancel: TestContext.Current.CancellationToken);
+        Assert.NotEmpty(losses);
+        Assert.All(losses, l => Assert.True(double.IsFinite(l)));
+        Assert.Equal(ScalarType.BFloat16, model.parameters().First(p => p.requires_grad).dtype);
+        Assert.NotNull(result.LastEval);
     }
 
     [Fact]
