@@ -13,6 +13,7 @@ public static class TrainVerb
         ("init-from", "init_from"), ("img-size", "img_size"), ("num-classes", "num_classes"), ("workers", "workers"),
         ("subset", "subset"), ("val-subset", "val_subset"), ("grad-accum", "grad_accum"), ("warmup-epochs", "warmup_epochs"),
         ("cooldown-epochs", "cooldown_epochs"), ("opt", "opt"), ("weight-decay", "weight_decay"), ("clip-grad", "clip_grad"),
+        ("token-labels", "token_label_data"), ("teacher", "teacher"), ("teacher-weights", "teacher_weights"), ("dense-weight", "dense_weight"),
         ("distributed", "distributed"),
     ];
 
@@ -43,6 +44,10 @@ public static class TrainVerb
         new OptionSpec("weight-decay", "WD", "weight decay"),
         new OptionSpec("clip-grad", "NORM", "clip gradients to this global L2 norm"),
         new OptionSpec("distributed", "auto|mpi|none", "data parallelism over Open MPI ranks (auto: when launched by mpirun)"),
+        new OptionSpec("token-labels", "LABELS", "train with token labels from this store (`alltokens label`; sets token_label)"),
+        new OptionSpec("teacher", "M", "train with token labels computed online by this annotator model (sets token_label)"),
+        new OptionSpec("teacher-weights", "F", "weights of --teacher"),
+        new OptionSpec("dense-weight", "BETA", "weight of the mean token loss (paper 0.5; official recipes 1.0)"),
         new OptionSpec("set", "KEY=VALUE", "set any recipe key (repeatable), e.g. --set model_ema=true", Repeatable: true),
         new OptionSpec("print-config", null, "print the effective config and exit"),
         new OptionSpec("keys", null, "list every recipe key with its default and exit"),
@@ -188,6 +193,7 @@ public static class TrainVerb
             if (a.String(flag) is { } v && a.Has(flag)) d[key] = v;
         if (a.Flag("bf16")) d["bf16"] = "true";
         if (a.Flag("strict-data")) d["strict_data"] = "true";
+        if (a.Has("token-labels") || a.Has("teacher")) d["token_label"] = "true";
         foreach (var kv in a.All("set"))
         {
             int eq = kv.IndexOf('=');

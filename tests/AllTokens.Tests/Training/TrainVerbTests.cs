@@ -19,6 +19,23 @@ public sealed class TrainVerbTests : IDisposable
         Directory.Delete(dir, true);
     }
 
+    [Fact]
+    public void TokenLabelFlagsSwitchTheTask()
+    {
+        var (code, output, err) = Run("train", "--model", "lvvit_nano", "--data", "/nonexistent", "--token-labels", "labels.tls", "--dense-weight", "1.0", "--print-config");
+        Assert.True(code == 0, err);
+        Assert.Contains("token_label: true", output);
+        Assert.Contains("token_label_data: 'labels.tls'", output);
+        Assert.Contains("dense_weight: 1", output);
+        (code, output, err) = Run("train", "--model", "lvvit_nano", "--data", "/nonexistent", "--teacher", "lvvit_nano", "--teacher-weights", "t.safetensors", "--print-config");
+        Assert.True(code == 0, err);
+        Assert.Contains("token_label: true", output);
+        Assert.Contains("teacher: 'lvvit_nano'", output);
+        (code, _, err) = Run("train", "--model", "lvvit_nano", "--data", "/nonexistent", "--teacher", "lvvit_nano", "--print-config");
+        Assert.Equal(2, code);
+        Assert.Contains("teacher_weights", err);
+    }
+
     private static (int Code, string Out, string Err) Run(params string[] args)
     {
         var o = new StringWriter();
