@@ -115,9 +115,9 @@ public static class DemoVerb
             ["minutes"] = Math.Round(minutes, 2),
             ["runs"] = new JsonArray(results.Select(r => (JsonNode)r.DeepClone()).ToArray()),
         };
-        AtomicFile.WriteText(Path.Combine(outDir, "results.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(outDir, "results.json"), summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         string report = Report(results, pictures, plan, seed, data, minutes, quick);
-        AtomicFile.WriteText(Path.Combine(outDir, "report.md"), report);
+        AtomicFile.WriteAllText(Path.Combine(outDir, "report.md"), report);
         io.Out.WriteLine();
         io.Out.WriteLine(Table(results));
         io.Out.WriteLine();
@@ -170,7 +170,7 @@ public static class DemoVerb
             }
             if (bytes.Length < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b)
                 throw new IOException($"{baseUrl}{f}: the download is not a gzip file ({bytes.Length} bytes)");
-            AtomicFile.Write(target, bytes);
+            AtomicFile.WriteAllBytes(target, bytes);
         }
         // Reading both splits checks magic numbers and counts; a bad file is deleted so a rerun fetches it again.
         try
@@ -266,7 +266,7 @@ public static class DemoVerb
             ["ema_val_top1"] = result.LastEmaEval?.Top1,
             ["weights"] = Path.GetRelativePath(outDir, Path.Combine(runDir, File.Exists(Path.Combine(runDir, "last_ema.safetensors")) ? "last_ema.safetensors" : "last.safetensors")),
         };
-        AtomicFile.WriteText(done, record.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(done, record.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         return record;
     }
 
@@ -312,7 +312,7 @@ public static class DemoVerb
         run["test_top5"] = Math.Round(100 * r.Top5, 2);
         run["test_loss"] = Math.Round(r.MeanLoss, 4);
         run["test_seconds"] = Math.Round(sw.Elapsed.TotalSeconds, 1);
-        AtomicFile.WriteText(Path.Combine(outDir, run["name"]!.GetValue<string>(), "done.json"), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Path.Combine(outDir, run["name"]!.GetValue<string>(), "done.json"), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
     // ---- pictures ----

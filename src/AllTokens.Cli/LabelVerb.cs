@@ -77,7 +77,7 @@ public static class LabelVerb
                          $"→ {annotator.GridSize}×{annotator.GridSize} top-{topk} → {outPath}");
         var sw = Stopwatch.StartNew();
         var last = TimeSpan.Zero;
-        var progress = new InlineProgress<LabelProgress>(p =>
+        var progress = new SyncProgress<LabelProgress>(p =>
         {
             if (p.Done < p.Total && sw.Elapsed - last < TimeSpan.FromSeconds(2)) return;
             last = sw.Elapsed;
@@ -95,7 +95,7 @@ public static class LabelVerb
     {
         string dir = One(a, "OFFICIAL_DIR"), outPath = a.Required("out");
         int classes = a.Int("classes", 1, 1_000_000) ?? throw new UsageException("label import needs --classes N");
-        var progress = new InlineProgress<LabelProgress>(p => io.Err.WriteLine($"  {p.Done}/{p.Total}"));
+        var progress = new SyncProgress<LabelProgress>(p => io.Err.WriteLine($"  {p.Done}/{p.Total}"));
         var header = OfficialLabelImport.Import(dir, outPath, classes, "official:" + Path.GetFileName(Path.GetFullPath(dir).TrimEnd('/')), progress: progress);
         using var store = LabelStore.Open(outPath);
         io.Out.WriteLine($"wrote {outPath}: {store.Count} images, {header.NumClasses} classes, top-{header.K}, {header.Height}×{header.Width} (keys <class>/<stem>)");
@@ -143,8 +143,4 @@ public static class LabelVerb
         return 0;
     }
 
-    private sealed class InlineProgress<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
-    }
 }

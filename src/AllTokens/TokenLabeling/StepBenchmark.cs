@@ -30,7 +30,7 @@ public static class StepBenchmark
     public static LabelMap[] SyntheticMaps(int count, int numClasses, int mapSize = 18, int topK = 5, ulong seed = 0)
     {
         int c = numClasses, hw = mapSize * mapSize;
-        var rnd = new StatefulRandom(seed);
+        var rnd = new Training.Rng(seed);
         return Enumerable.Range(0, count).Select(_ =>
         {
             var v = new float[topK * hw];
@@ -39,7 +39,7 @@ public static class StepBenchmark
                 for (int r = 0; r < topK; r++)
                 {
                     v[r * hw + p] = (float)(8 - r - rnd.NextDouble());
-                    ix[r * hw + p] = (rnd.NextInt(c / topK) * topK + r) % c; // distinct per location
+                    ix[r * hw + p] = (rnd.NextInt(0, c / topK) * topK + r) % c; // distinct per location
                 }
             return new LabelMap(topK, mapSize, mapSize, v, ix);
         }).ToArray();
@@ -48,7 +48,7 @@ public static class StepBenchmark
     public static StepBenchmarkResult Run(ImageClassifier model, int batchSize, int steps, int mapSize = 18, int topK = 5, int warmup = 2, ulong seed = 0)
     {
         int c = model.NumClasses, img = model.Options.ImgSize;
-        var rnd = new StatefulRandom(seed + 1);
+        var rnd = new Training.Rng(seed + 1);
         var maps = SyntheticMaps(batchSize, c, mapSize, topK, seed);
         var source = new StoredTargetSource(i => maps[i]);
         var targetOptions = new DenseTargetOptions(c, model.GridSize);
@@ -67,9 +67,9 @@ public static class StepBenchmark
                 var labels = torch.randint(0, c, [batchSize]);
                 var records = Enumerable.Range(0, batchSize).Select(_ =>
                 {
-                    int ch = 100 + rnd.NextInt(276), cw = 100 + rnd.NextInt(401); // a crop inside a 500×375 source
-                    return new AugmentRecord(AugmentOrder.TokenLabel, 500, 375, rnd.NextInt(2) == 1, [],
-                        new CropBox(rnd.NextInt(375 - ch + 1), rnd.NextInt(500 - cw + 1), ch, cw), img, img);
+                    int ch = 100 + rnd.NextInt(0, 276), cw = 100 + rnd.NextInt(0, 401); // a crop inside a 500×375 source
+                    return new AugmentRecord(AugmentOrder.TokenLabel, 500, 375, rnd.NextInt(0, 2) == 1, [],
+                        new CropBox(rnd.NextInt(0, 375 - ch + 1), rnd.NextInt(0, 500 - cw + 1), ch, cw), img, img);
                 }).ToList();
                 using var batch = new Batch { Images = x, Labels = labels, Indices = Enumerable.Range(0, batchSize).ToArray(), Augments = records };
                 model.zero_grad();

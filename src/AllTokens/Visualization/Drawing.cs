@@ -123,6 +123,7 @@ public static class Drawing
         using var image = SKImage.FromBitmap(bitmap);
         using var data = image.Encode(SKEncodedImageFormat.Png, 100)
             ?? throw new IOException($"{path}: PNG encoding failed");
-        AtomicFile.Write(path, data.AsSpan());
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        Training.AtomicFile.WriteAllBytes(path, data.AsSpan());
     }
 }
