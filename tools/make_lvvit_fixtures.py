@@ -137,6 +137,8 @@ CASES = {
     "tiny_lvvit": (32, 7, 24, 2, 2, 3.0, 2.0, "conv", 8, True),
     "tiny_lvvit_noaux": (32, 5, 16, 1, 2, 3.0, 1.0, "conv", 4, False),
     "tiny_vit_naive": (32, 5, 16, 2, 4, 3.0, 1.0, "naive", 0, False),
+    # 64 px: 4x4 tokens, so the batch of 4 has 68 token rows and our linears take their oneDNN (1x1 convolution) path.
+    "small_lvvit_64": (64, 6, 32, 2, 2, 3.0, 2.0, "conv", 8, True),
 }
 
 
@@ -146,7 +148,10 @@ def flat(t):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    only = set(sys.argv[1:])  # optional: regenerate just these cases
     for i, (name, cfg) in enumerate(CASES.items()):
+        if only and name not in only:
+            continue
         torch.manual_seed(1234 + i)
         m = LVViT(*cfg)
         with torch.no_grad():
@@ -171,7 +176,8 @@ def main():
         # Save before the training forward below: it updates the BatchNorm running statistics.
         torch.save(m.state_dict(), os.path.join(OUT, name + ".pth"))
         if cfg[-1]:
-            box = (0, 1, 2, 2)  # rows [0,2), cols [1,2) on the 2x2 grid
+            g = img // 16
+            box = (0, 1, 2, 2) if g == 2 else (1, 0, 3, 2)  # (top, left, bottom, right) on the token grid
             m.train()
             cls, aux = m.forward_train(x, box)
             rec.update({"box": list(box), "train_cls": flat(cls), "train_aux": flat(aux), "train_aux_shape": list(aux.shape)})

@@ -12,14 +12,19 @@ public static partial class NativeEnvironment
     private static partial int SetEnv(string name, string value, int overwrite);
 
     /// <summary>
-    /// libgomp's worker threads spin while they wait (OMP_WAIT_POLICY active). Our loader threads run beside libtorch's,
-    /// and on a machine with as many busy threads as cores the spinning starves them: a training step measured 4×
-    /// slower on 2 shared cores (bench --model lvvit_nano, 54 vs 211 img/s). Passive waiting is the default unless the
-    /// user set OMP_WAIT_POLICY. Call before the first TorchSharp call.
+    /// How libgomp's worker threads wait between parallel regions. Left alone (libgomp's default: spin briefly, then
+    /// sleep) for a single process: spinning is what keeps libtorch's many small parallel regions fast, and passive
+    /// waiting cost 12–15 % of a t2t_vit_7 train step on 2 quiet cores (bench --model t2t_vit_7: 667–698 ms per step
+    /// with GOMP_SPINCOUNT=0 vs 572–597 ms with 30,000–300,000). Several Open MPI ranks on one host share its cores,
+    /// and there spinning threads starve each other (a step measured 2–4× slower on 2 shared cores), so
+    /// <c>OMP_WAIT_POLICY=PASSIVE</c> is set when mpirun started more than one rank on this host. A user's own
+    /// OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins. Call before the first TorchSharp call.
     /// </summary>
     public static void ConfigureOpenMp()
     {
-        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is not null) return;
+        if (!OperatingSystem.IsLinux()) return;
+        if (Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") is not null || Environment.GetEnvironmentVariable("GOMP_SPINCOUNT") is not null) return;
+        if (!int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), out int localRanks) || localRanks <= 1) return;
         try
         {
             SetEnv("OMP_WAIT_POLICY", "PASSIVE", 0);

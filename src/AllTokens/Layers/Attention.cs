@@ -55,7 +55,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
     {
         long b = x.shape[0], n = x.shape[1], c = x.shape[2];
-        var qkvOut = qkv.call(x).reshape(b, n, 3, NumHeads, c / NumHeads).permute(2, 0, 3, 1, 4); // [3, B, H, N, hd]
+        var qkvOut = Dense.Forward(qkv, x).reshape(b, n, 3, NumHeads, c / NumHeads).permute(2, 0, 3, 1, 4); // [3, B, H, N, hd]
         var q = qkvOut[0];
         var k = qkvOut[1];
         var v = qkvOut[2];
@@ -67,7 +67,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
             double p = training ? attn_drop.p : 0.0;
             var fused = nn.functional.scaled_dot_product_attention(qs, k, v, p: p).transpose(1, 2).reshape(b, n, c);
             attention = null;
-            var yf = proj.call(fused);
+            var yf = Dense.Forward(proj, fused);
             if (se_layer is not null) yf = se_layer.call(yf);
             return proj_drop.call(yf);
         }
@@ -77,7 +77,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         attention = captureAttention ? attn.detach() : null;
         attn = attn_drop.call(attn);
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, c); // [B, N, D]
-        y = proj.call(y);
+        y = Dense.Forward(proj, y);
         if (se_layer is not null) y = se_layer.call(y);
         return proj_drop.call(y);
     }

@@ -27,7 +27,7 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         // Intermediates belong to the caller's dispose scope (one scope per top-level forward).
-        var h = drop.call(act.call(fc1.call(x)));
-        return drop.call(fc2.call(h));
+        var h = drop.call(act.call(Dense.Forward(fc1, x)));
+        return drop.call(Dense.Forward(fc2, h));
     }
 }

@@ -21,6 +21,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     private readonly LayerNorm norm1;
     private readonly LayerNorm norm2;
     private readonly Sequential mlp;
+    private readonly (Linear Fc1, GELU Act, Linear Fc2, Dropout Drop) mlpLayers; // mlp's children, called through Dense
 
     private readonly long emb;
     private readonly long m;
@@ -35,7 +36,8 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         proj = nn.Linear(emb, emb);
         norm1 = nn.LayerNorm(dim, eps: 1e-5);
         norm2 = nn.LayerNorm(emb, eps: 1e-5);
-        mlp = nn.Sequential(nn.Linear(emb, emb), nn.GELU(), nn.Linear(emb, emb), nn.Dropout(dropout));
+        mlpLayers = (nn.Linear(emb, emb), nn.GELU(), nn.Linear(emb, emb), nn.Dropout(dropout));
+        mlp = nn.Sequential(mlpLayers.Fc1, mlpLayers.Act, mlpLayers.Fc2, mlpLayers.Drop);
         // Orthogonal rows scaled by √m, frozen but stored (W·Wᵀ = m·I). Checkpoints always carry it; load it, never re-sample.
         w = nn.Parameter(Init.Orthogonal(m, emb).mul_(Math.Sqrt(m)), requires_grad: false);
         RegisterComponents();
@@ -51,15 +53,16 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var parts = kqv.call(norm1.call(x)).split(emb, -1);
+        var parts = Dense.Forward(kqv, norm1.call(x)).split(emb, -1);
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
         var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1]
         var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
         var y = (qp.matmul(kptv.transpose(1, 2)) / (d + Epsilon)).to(v.dtype); // [B, T, e], back to the compute dtype
-        y = v + dp.call(proj.call(y));
-        return y + mlp.call(norm2.call(y));
+        y = v + dp.call(Dense.Forward(proj, y));
+        var (fc1, act, fc2, drop) = mlpLayers;
+        return y + drop.call(Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))));
     }
 }
 
@@ -92,13 +95,13 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         long b = x.shape[0], n = x.shape[1];
-        var parts = qkv.call(x).reshape(b, n, 3, 1, inDim).permute(2, 0, 3, 1, 4); // [3, B, 1, N, e]
+        var parts = Dense.Forward(qkv, x).reshape(b, n, 3, 1, inDim).permute(2, 0, 3, 1, 4); // [3, B, 1, N, e]
         var q = parts[0];
         var k = parts[1];
         var v = parts[2];
         var attn = attn_drop.call((q * scale).matmul(k.transpose(-2, -1)).softmax(-1)); // [B, 1, N, N]
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, inDim);
-        y = proj_drop.call(proj.call(y));
+        y = proj_drop.call(Dense.Forward(proj, y));
         return v.squeeze(1) + y;
     }
 }
@@ -251,7 +254,7 @@ public sealed class DenseBlock : nn.Module<Tensor, Tensor>
     {
         var y = x + drop_path.call(attn.call(norm1.call(x)));
         y = y + drop_path.call(mlp.call(norm2.call(y)));
-        return torch.cat([x, dense_linear.call(y)], 2);
+        return torch.cat([x, Dense.Forward(dense_linear, y)], 2);
     }
 }
 
@@ -268,5 +271,5 @@ public sealed class Transition : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => act.call(linear.call(x));
+    public override Tensor forward(Tensor x) => act.call(Dense.Forward(linear, x));
 }

@@ -45,6 +45,7 @@ public class LvVitParityTests
     [InlineData("tiny_lvvit")]
     [InlineData("tiny_lvvit_noaux")]
     [InlineData("tiny_vit_naive")]
+    [InlineData("small_lvvit_64")] // 68 token rows: the linears take their oneDNN path, the stem runs channels-last
     public void PyTorchCheckpointGivesTheSameLogits(string name)
     {
         using var _ = torch.NewDisposeScope();
@@ -63,14 +64,16 @@ public class LvVitParityTests
         }
     }
 
-    [Fact]
-    public void TrainingForwardWithMixTokenMatchesPyTorch()
+    [Theory]
+    [InlineData("tiny_lvvit")]
+    [InlineData("small_lvvit_64")]
+    public void TrainingForwardWithMixTokenMatchesPyTorch(string name)
     {
         using var _ = torch.NewDisposeScope();
-        var (model, c) = Build("tiny_lvvit");
+        var (model, c) = Build(name);
         using (model)
         {
-            WeightLoader.LoadInto(model, StateDicts.ReadAny(Fixture("tiny_lvvit.pth")), "tiny_lvvit");
+            WeightLoader.LoadInto(model, StateDicts.ReadAny(Fixture(name + ".pth")), name);
             model.train(); // BatchNorm uses batch statistics, as in the fixture
             var b = c.Longs("box");
             var output = model.ForwardTrain(Input(c.Longs("input_shape")), new MixBox((int)b[0], (int)b[1], (int)b[2], (int)b[3]));

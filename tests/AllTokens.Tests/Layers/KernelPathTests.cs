@@ -1,0 +1,111 @@
+using AllTokens.Layers;
+using AllTokens.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AllTokens.Tests.Layers;
+
+/// <summary>
+/// The speed paths (linear as a channels-last 1×1 convolution, the channels-last conv stem) compute the same values
+/// and gradients as the plain ops, within float rounding.
+/// </summary>
+public class KernelPathTests
+{
+    private static void AssertClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        double err = (expected - actual).abs().max().item<float>();
+        double scale = expected.abs().max().item<float>();
+        Assert.True(err <= atol + rtol * scale, $"max |difference| {err:E3} with max |expected| {scale:E3}");
+    }
+
+    [Theory]
+    [InlineData(new long[] { 8, 197, 240 }, 720, true)]   // an lvvit_t qkv
+    [InlineData(new long[] { 4, 49, 96 }, 37, false)]     // odd sizes, no bias
+    [InlineData(new long[] { 300, 64 }, 10, true)]        // 2-D input
+    [InlineData(new long[] { 2, 3, 40, 16 }, 8, true)]    // 4-D input
+    public void LinearAsConvolutionMatchesTheLinear(long[] shape, long outFeatures, bool bias)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(7);
+        var lin = nn.Linear(shape[^1], outFeatures, hasBias: bias);
+        var x = torch.randn(shape);
+        Assert.True(Dense.TakesConvPath(lin, x));
+
+        var x1 = x.detach().requires_grad_(true);
+        var y1 = lin.call(x1);
+        var g = torch.randn(y1.shape);
+        y1.backward([g]);
+        var (gx1, gw1, gb1) = (x1.grad!.clone(), lin.weight!.grad!.clone(), lin.bias?.grad?.clone());
+        lin.zero_grad();
+
+        var x2 = x.detach().requires_grad_(true);
+        var y2 = Dense.AsConvolution(lin, x2);
+        y2.backward([g]);
+        AssertClose(y1, y2);
+        AssertClose(gx1, x2.grad!);
+        AssertClose(gw1, lin.weight!.grad!);
+        if (bias) AssertClose(gb1!, lin.bias!.grad!);
+        Assert.Equal(lin.weight!.shape, new long[] { outFeatures, shape[^1] }); // the parameter keeps the Linear's shape
+    }
+
+    [Fact]
+    public void NonContiguousInputsAreHandled()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(3);
+        var lin = nn.Linear(32, 24);
+        var x = torch.randn(4, 32, 50).transpose(1, 2); // [4, 50, 32], strided as T2T's soft split output
+        Assert.False(x.is_contiguous());
+        AssertClose(lin.call(x), Dense.AsConvolution(lin, x));
+        var sliced = torch.randn(4, 51, 32)[.., 1..];    // the aux head's tokens t[:, 1:]
+        AssertClose(lin.call(sliced), Dense.AsConvolution(lin, sliced));
+    }
+
+    [Fact]
+    public void SmallInputsAndOtherDtypesKeepThePlainLinear()
+    {
+        using var _ = torch.NewDisposeScope();
+        var lin = nn.Linear(16, 4);
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(8, 16)));               // a head on [B, D]
+        Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 16)));
+        var bf = nn.Linear(16, 4);
+        bf.to(ScalarType.BFloat16);
+        Assert.False(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16)));
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.Float64)));
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 15)));           // wrong width: the Linear's own error
+    }
+
+    [Fact]
+    public void ChannelsLastKeepsShapeAndValuesAndPassesGradients()
+    {
+        using var _ = torch.NewDisposeScope();
+        var x = torch.randn(new long[] { 2, 3, 5, 7 }, requires_grad: true);
+        Assert.False(Layout.IsChannelsLast(x));
+        var y = Layout.ToChannelsLast(x);
+        Assert.Equal(x.shape, y.shape);
+        Assert.Equal(new long[] { 3 * 5 * 7, 1, 7 * 3, 3 }, y.stride());
+        Assert.True(Layout.IsChannelsLast(y));
+        Assert.True(x.allclose(y, rtol: 0, atol: 0));
+        Assert.Same(y, Layout.ToChannelsLast(y)); // already channels-last: no copy
+        (y * torch.arange(y.numel()).view(y.shape)).sum().backward();
+        Assert.True(x.grad!.allclose(torch.arange(x.numel()).view(x.shape).to(ScalarType.Float32), rtol: 0, atol: 0));
+        Assert.Throws<ArgumentException>(() => Layout.ToChannelsLast(torch.randn(3, 4)));
+    }
+
+    [Fact]
+    public void ChannelsLastStemMatchesTheContiguousStem()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(11);
+        var stem = new PatchEmbed4_2(3, 8, 24);
+        stem.train();
+        var x = torch.randn(2, 3, 64, 64);
+        var cl = stem.Forward(x, channelsLast: true);
+        var expected = stem.Forward(x, channelsLast: false);
+        Assert.True(expected.is_contiguous());
+        AssertClose(expected, cl);
+        Assert.True(Layout.IsChannelsLast(cl)); // the projection's output is laid out as tokens already
+    }
+}
