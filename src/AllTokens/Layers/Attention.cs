@@ -54,6 +54,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     /// <summary>Forward that can also hand back the attention probabilities [B, heads, N, N].</summary>
     public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
     {
+        using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         long b = x.shape[0], n = x.shape[1], c = x.shape[2];
         var qkvOut = Dense.Forward(qkv, x).reshape(b, n, 3, NumHeads, c / NumHeads).permute(2, 0, 3, 1, 4); // [3, B, H, N, hd]
         var q = qkvOut[0];
@@ -69,17 +70,17 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
             attention = null;
             var yf = Dense.Forward(proj, fused);
             if (se_layer is not null) yf = se_layer.call(yf);
-            return proj_drop.call(yf);
+            return scope.MoveToOuter(proj_drop.call(yf));
         }
         var attn = ScaleQueryFirst
             ? (q * Scale).matmul(k.transpose(-2, -1)).softmax(-1)
             : (q.matmul(k.transpose(-2, -1)) * Scale).softmax(-1); // [B, H, N, N]
-        attention = captureAttention ? attn.detach() : null;
+        attention = captureAttention ? scope.MoveToOuter(attn.detach()) : null;
         attn = attn_drop.call(attn);
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, c); // [B, N, D]
         y = Dense.Forward(proj, y);
         if (se_layer is not null) y = se_layer.call(y);
-        return proj_drop.call(y);
+        return scope.MoveToOuter(proj_drop.call(y));
     }
 }
 

@@ -49,6 +49,9 @@ public sealed class Block : nn.Module<Tensor, Tensor>
 
     public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
     {
+        // Intermediates the backward pass does not need are freed at the end of the block, as Python's refcounting
+        // would (autograd holds its own references to what it saved): a lower peak and fewer fresh pages per step.
+        using var scope = torch.NewDisposeScope();
         Tensor a;
         if (attn is IAttention capturing) a = capturing.Forward(norm1.call(x), out attention, captureAttention);
         else
@@ -57,7 +60,8 @@ public sealed class Block : nn.Module<Tensor, Tensor>
             attention = null;
         }
         x = x + Branch(a);
-        return x + Branch(mlp.call(norm2.call(x)));
+        if (attention is not null) scope.MoveToOuter(attention);
+        return scope.MoveToOuter(x + Branch(mlp.call(norm2.call(x))));
     }
 
     private Tensor Branch(Tensor t)

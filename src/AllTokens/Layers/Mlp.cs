@@ -26,8 +26,8 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        // Intermediates belong to the caller's dispose scope (one scope per top-level forward).
+        using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         var h = drop.call(act.call(Dense.Forward(fc1, x)));
-        return drop.call(Dense.Forward(fc2, h));
+        return scope.MoveToOuter(drop.call(Dense.Forward(fc2, h)));
     }
 }

@@ -53,6 +53,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         var parts = Dense.Forward(kqv, norm1.call(x)).split(emb, -1);
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
@@ -62,7 +63,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var y = (qp.matmul(kptv.transpose(1, 2)) / (d + Epsilon)).to(v.dtype); // [B, T, e], back to the compute dtype
         y = v + dp.call(Dense.Forward(proj, y));
         var (fc1, act, fc2, drop) = mlpLayers;
-        return y + drop.call(Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))));
+        return scope.MoveToOuter(y + drop.call(Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y))))));
     }
 }
 
@@ -94,6 +95,7 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var scope = torch.NewDisposeScope();
         long b = x.shape[0], n = x.shape[1];
         var parts = Dense.Forward(qkv, x).reshape(b, n, 3, 1, inDim).permute(2, 0, 3, 1, 4); // [3, B, 1, N, e]
         var q = parts[0];
@@ -102,7 +104,7 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
         var attn = attn_drop.call((q * scale).matmul(k.transpose(-2, -1)).softmax(-1)); // [B, 1, N, N]
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, inDim);
         y = proj_drop.call(Dense.Forward(proj, y));
-        return v.squeeze(1) + y;
+        return scope.MoveToOuter(v.squeeze(1) + y);
     }
 }
 
@@ -128,8 +130,9 @@ public sealed class TokenTransformer : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var scope = torch.NewDisposeScope();
         x = attn.call(norm1.call(x));
-        return x + drop_path.call(mlp.call(norm2.call(x)));
+        return scope.MoveToOuter(x + drop_path.call(mlp.call(norm2.call(x))));
     }
 }
 

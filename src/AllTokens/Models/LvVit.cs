@@ -69,11 +69,12 @@ public sealed class PatchEmbed4_2 : nn.Module<Tensor, Tensor>
 
     internal Tensor Forward(Tensor x, bool channelsLast)
     {
+        using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         if (channelsLast) x = Layout.ToChannelsLast(x);
         x = relu.call(bn1.call(conv1.call(x)));   // [B, c, H/2, W/2]
         x = relu.call(bn2.call(conv2.call(x)));
         x = relu.call(bn3.call(conv3.call(x)));
-        return proj.call(x);                       // [B, D, H/16, W/16]
+        return scope.MoveToOuter(proj.call(x));    // [B, D, H/16, W/16]
     }
 }
 
