@@ -46,9 +46,10 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     /// <summary>Positive random features [B, T, m] of z [B, T, e].</summary>
     private Tensor PrmExp(Tensor z)
     {
-        var half = (z * z).sum(-1, keepdim: true) / 2;                        // [B, T, 1]
+        // exp(W z − ‖z‖²/2)/√m, with the 1/√m folded into the exponent (one pass over [B, T, m] fewer, forward and back).
+        var shift = (z * z).sum(-1, keepdim: true) / 2 + 0.5 * Math.Log(m);  // [B, T, 1]
         var wtx = z.to(ScalarType.Float32).matmul(w.t().to(ScalarType.Float32)); // [B, T, m] (fp32, as the original, also under bf16)
-        return (wtx - half).exp() / Math.Sqrt(m);
+        return (wtx - shift).exp();
     }
 
     public override Tensor forward(Tensor x)
@@ -60,10 +61,11 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var qp = PrmExp(q);
         var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1]
         var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
-        var y = (qp.matmul(kptv.transpose(1, 2)) / (d + Epsilon)).to(v.dtype); // [B, T, e], back to the compute dtype
-        y = v + dp.call(Dense.Forward(proj, y));
+        // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
+        var y = (qp / (d + Epsilon)).matmul(kptv.transpose(1, 2)).to(v.dtype); // [B, T, e], back to the compute dtype
+        y = v + FastDropout.Apply(dp, Dense.Forward(proj, y));
         var (fc1, act, fc2, drop) = mlpLayers;
-        return scope.MoveToOuter(y + drop.call(Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y))))));
+        return scope.MoveToOuter(y + FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y))))));
     }
 }
 
