@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # AllTokens vs PyTorch on the same CPU, back to back: train step and inference images/s for the same architecture.
 # usage: bench/compare.sh [MODEL...]   (default: lvvit_t t2t_vit_7)
-# env: THREADS (2), BATCH (8), RES (224), STEPS (10), WARMUP (3), ROUNDS (3), TASK (auto: LV-ViT's token-label step; ce)
+# env: THREADS (2), BATCH (8), RES (224), STEPS (10), WARMUP (3), ROUNDS (3), TASK (auto: LV-ViT's token-label step; ce),
+#      OUT_JSONL (keep the raw JSON lines in this file)
 # Needs Debian's python3-torch (and libopenblas0-openmp for OpenBLAS); prints one line per round and the median ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto}
 models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
 ./alltokens models >/dev/null   # build once, outside the timings
-out=$(mktemp); trap 'rm -f "$out"' EXIT
+out=${OUT_JSONL:-$(mktemp)}; [[ -n ${OUT_JSONL:-} ]] || trap 'rm -f "$out"' EXIT
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"
@@ -26,5 +27,10 @@ for m in sorted({r["model"] for r in rows}):
     at, pt = med("alltokens", "train_images_per_s"), med("pytorch", "train_images_per_s")
     ai, pi = med("alltokens", "infer_images_per_s"), med("pytorch", "infer_images_per_s")
     am, pm = med("alltokens", "peak_rss_mb"), med("pytorch", "peak_rss_mb")
-    print(f"{m}: train {at:.2f} vs {pt:.2f} img/s (×{at/pt:.2f}); inference {ai:.2f} vs {pi:.2f} img/s (×{ai/pi:.2f}); peak RSS {am:.0f} vs {pm:.0f} MiB")
+    ours = [r for r in rows if r["model"] == m and r["impl"] == "alltokens"]
+    theirs = [r for r in rows if r["model"] == m and r["impl"] == "pytorch"]
+    per_round = " ".join(f"{a['train_images_per_s'] / p['train_images_per_s']:.2f}/{a['infer_images_per_s'] / p['infer_images_per_s']:.2f}"
+                         for a, p in zip(ours, theirs))
+    print(f"{m}: train {at:.2f} vs {pt:.2f} img/s (×{at/pt:.2f}); inference {ai:.2f} vs {pi:.2f} img/s (×{ai/pi:.2f}); peak RSS {am:.0f} vs {pm:.0f} MiB"
+          f"; per round train/inference ratio: {per_round}")
 PY
