@@ -32,11 +32,20 @@ public abstract class Optimizer : IDisposable
             foreach (var p in g.Params)
             {
                 if (p.Grad is null) continue;
-                if (!p.Grad.shape.SequenceEqual(p.Value.shape))
+                if (!SameShape(p.Grad, p.Value))
                     throw new InvalidOperationException($"gradient of {p.Name} has shape [{string.Join(",", p.Grad.shape)}], parameter [{string.Join(",", p.Value.shape)}]");
                 p.Steps++;
                 Update(g, p, p.Grad, SlotsOf(p.Name));
             }
+    }
+
+    private static bool SameShape(Tensor a, Tensor b)
+    {
+        if (ReferenceEquals(a, b)) return true;
+        long n = a.dim();
+        if (n != b.dim()) return false;
+        for (int i = 0; i < n; i++) if (a.size(i) != b.size(i)) return false;
+        return true;
     }
 
     /// <summary>One parameter's update; <paramref name="slots"/> is its state (created on first use).</summary>
@@ -112,7 +121,7 @@ public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, 
         m.mul_(beta1).add_(grad, alpha: 1 - beta1);
         v.mul_(beta2).addcmul_(grad, grad, value: 1 - beta2);
         double bc1 = 1 - Math.Pow(beta1, p.Steps), bc2 = 1 - Math.Pow(beta2, p.Steps);
-        var denom = (v.sqrt() / Math.Sqrt(bc2)).add_(eps);
+        var denom = v.sqrt().div_(Math.Sqrt(bc2)).add_(eps); // in place on the fresh sqrt: same arithmetic, one tensor fewer
         p.Value.addcdiv_(m, denom, value: -lr / bc1);
     }
 }
