@@ -1,3 +1,4 @@
+using System.Globalization;
 using AllTokens.Checkpoints;
 using AllTokens.Data.Transforms;
 using TorchSharp;
@@ -26,20 +27,36 @@ public static class CliCommon
         if (t is not null) torch.set_num_threads(t.Value);
     }
 
-    /// <summary>timm eval preprocessing for a model: --crop-pct and --interpolation override the model's defaults.</summary>
-    public static EvalTransform EvalTransformFor(ParsedArgs a, Models.ModelInfo info, int imgSize)
+    /// <summary>
+    /// The eval preprocessing a loaded model expects: what training wrote into its weights (mean/std, crop_pct,
+    /// interpolation) when present, else the registry's defaults for the model. Says so on stderr when the weights decide.
+    /// </summary>
+    public static Models.PretrainedDefaults PreprocessingFor(Checkpoints.LoadedModel loaded, Console2 io)
     {
-        string interp = a.String("interpolation") ?? info.Defaults.Interpolation;
-        return new EvalTransform(new EvalTransformOptions(
+        var defaults = Models.ModelRegistry.Get(loaded.Name).Defaults;
+        if (loaded.Metadata?.Preprocess is not { } p) return defaults;
+        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"preprocessing from the weights: mean [{string.Join(", ", p.Mean)}], std [{string.Join(", ", p.Std)}], crop_pct {p.CropPct}, {p.Interpolation}"));
+        return p.Apply(defaults);
+    }
+
+    /// <summary>timm eval preprocessing for a model: --crop-pct and --interpolation override <paramref name="defaults"/>.</summary>
+    public static EvalTransform EvalTransformFor(ParsedArgs a, Models.PretrainedDefaults defaults, int imgSize) =>
+        new(EvalOptionsFor(a, defaults, imgSize));
+
+    public static EvalTransformOptions EvalOptionsFor(ParsedArgs a, Models.PretrainedDefaults defaults, int imgSize)
+    {
+        string interp = a.String("interpolation") ?? defaults.Interpolation;
+        return new EvalTransformOptions(
             ImgSize: imgSize,
-            CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? info.Defaults.CropPct,
+            CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? defaults.CropPct,
             Interpolation: interp switch
             {
                 "bicubic" => Interpolation.Bicubic,
                 "bilinear" => Interpolation.Bilinear,
                 _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{interp}'"),
             },
-            Mean: info.Defaults.Mean, Std: info.Defaults.Std));
+            Mean: defaults.Mean, Std: defaults.Std);
     }
 
     public static OptionSpec CropPctOption => new("crop-pct", "P", "resize the shorter side to floor(R/P), then centre-crop R (default: the model's)");

@@ -34,7 +34,7 @@ public static class ConvertVerb
             AllowMismatch: a.Flag("allow-mismatch"), PreferEma: a.Flag("ema")));
         using var m = loaded.Model;
         CliCommon.PrintReport(loaded.Report, io);
-        ModelWeights.Save(m, loaded.Name, to, loaded.Metadata?.ClassNames);
+        ModelWeights.Save(m, loaded.Name, to, loaded.Metadata?.ClassNames, loaded.Metadata?.Preprocess);
         io.Err.WriteLine($"wrote {to}: {loaded.Name} ({m.Options.NumClasses} classes, {m.Options.ImgSize} px)");
         return 0;
     }

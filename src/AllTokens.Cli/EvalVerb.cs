@@ -33,7 +33,7 @@ public static class EvalVerb
         new OptionSpec("allow-mismatch", null, "load what fits when the weights do not match the model"),
         CliCommon.DeviceOption,
         CliCommon.ThreadsOption,
-    ], details: "Preprocessing is timm's eval transform with the model's mean/std. LV-ViT models score head(cls) + 0.5·max over tokens of aux_head."), Run);
+    ], details: "Preprocessing is timm's eval transform with the mean/std, crop_pct and interpolation the weights were trained with (AllTokens weights written by train), else the model's defaults; --crop-pct/--interpolation override. LV-ViT models score head(cls) + 0.5·max over tokens of aux_head."), Run);
 
     private static int Run(ParsedArgs a, Console2 io)
     {
@@ -62,18 +62,7 @@ public static class EvalVerb
         if (model.NumClasses != dataset.ClassNames.Count)
             throw new UsageException($"the model has {model.NumClasses} classes but {dataset.Source} has {dataset.ClassNames.Count}");
 
-        var info = ModelRegistry.Get(loaded.Name);
-        string interp = a.String("interpolation") ?? info.Defaults.Interpolation;
-        var transform = new EvalTransformOptions(
-            ImgSize: model.Options.ImgSize,
-            CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? info.Defaults.CropPct,
-            Interpolation: interp switch
-            {
-                "bicubic" => Interpolation.Bicubic,
-                "bilinear" => Interpolation.Bilinear,
-                _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{interp}'"),
-            },
-            Mean: info.Defaults.Mean, Std: info.Defaults.Std);
+        var transform = CliCommon.EvalOptionsFor(a, CliCommon.PreprocessingFor(loaded, io), model.Options.ImgSize);
         var loader = DataLoader.ForEval(dataset, transform, batch, workers, a.Flag("strict-data"));
         loader.Skipped += s => io.Err.WriteLine($"warning: skipped {s.Key}: {s.Message}");
         model.to(device);

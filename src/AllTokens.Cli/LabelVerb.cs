@@ -66,10 +66,11 @@ public static class LabelVerb
         using var model = loaded.Model;
         CliCommon.PrintReport(loaded.Report, io);
         if (loaded.Report is null) io.Err.WriteLine($"note: no --weights given; {loaded.Name} is randomly initialised");
-        var info = Models.ModelRegistry.Get(loaded.Name);
+        var pre = CliCommon.PreprocessingFor(loaded, io);
+        // crop_pct 1.0 (the whole image is labelled, as the official label generation); mean/std from the weights.
         var transform = new EvalTransform(new EvalTransformOptions(model.Options.ImgSize, CropPct: 1.0,
-            Interpolation: info.Defaults.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic,
-            Mean: info.Defaults.Mean, Std: info.Defaults.Std));
+            Interpolation: pre.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic,
+            Mean: pre.Mean, Std: pre.Std));
         model.to(device);
         var annotator = new Annotator(model);
         string name = loaded.Name + (a.String("weights") is { } w ? "@" + Path.GetFileName(w) : "");

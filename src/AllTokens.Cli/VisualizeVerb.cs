@@ -42,8 +42,7 @@ public static class VisualizeVerb
         using var model = loaded.Model;
         CliCommon.PrintReport(loaded.Report, io);
         if (loaded.Report is null) io.Err.WriteLine($"note: no --weights given; {loaded.Name} is randomly initialised");
-        var info = Models.ModelRegistry.Get(loaded.Name);
-        var transform = CliCommon.EvalTransformFor(a, info, model.Options.ImgSize);
+        var transform = CliCommon.EvalTransformFor(a, CliCommon.PreprocessingFor(loaded, io), model.Options.ImgSize);
         var image = ImageDecoder.Decode(imagePath);
         var seen = transform.ResizeAndCrop(image);
         model.to(device);

@@ -3,11 +3,21 @@ using AllTokens.Models;
 
 namespace AllTokens.Checkpoints;
 
+/// <summary>
+/// The eval preprocessing a model was validated with (timm's eval transform: resize the shorter side to
+/// floor(size/crop_pct), centre crop, normalise). Training writes it into the weights so that eval, predict, label and
+/// visualize feed the model what it was trained on (a recipe's own mean/std, say), not the registry's ImageNet defaults.
+/// </summary>
+public sealed record Preprocessing(float[] Mean, float[] Std, double CropPct, string Interpolation)
+{
+    public PretrainedDefaults Apply(PretrainedDefaults d) => d with { CropPct = CropPct, Interpolation = Interpolation, Mean = Mean, Std = Std };
+}
+
 /// <summary>What our own safetensors files carry besides tensors (string metadata, JSON where structured).</summary>
-public sealed record WeightsMetadata(string? Model, ModelOptions? Options, IReadOnlyList<string>? ClassNames)
+public sealed record WeightsMetadata(string? Model, ModelOptions? Options, IReadOnlyList<string>? ClassNames, Preprocessing? Preprocess = null)
 {
     public const string FormatKey = "format", FormatValue = "alltokens", ModelKey = "alltokens.model",
-        OptionsKey = "alltokens.options", ClassNamesKey = "alltokens.class_names";
+        OptionsKey = "alltokens.options", ClassNamesKey = "alltokens.class_names", PreprocessKey = "alltokens.preprocess";
 
     public Dictionary<string, string> ToDictionary()
     {
@@ -15,6 +25,7 @@ public sealed record WeightsMetadata(string? Model, ModelOptions? Options, IRead
         if (Model is not null) d[ModelKey] = Model;
         if (Options is not null) d[OptionsKey] = JsonSerializer.Serialize(Options);
         if (ClassNames is not null) d[ClassNamesKey] = JsonSerializer.Serialize(ClassNames);
+        if (Preprocess is not null) d[PreprocessKey] = JsonSerializer.Serialize(Preprocess);
         return d;
     }
 
@@ -25,7 +36,11 @@ public sealed record WeightsMetadata(string? Model, ModelOptions? Options, IRead
         {
             var options = meta.TryGetValue(OptionsKey, out var o) ? JsonSerializer.Deserialize<ModelOptions>(o) : null;
             var names = meta.TryGetValue(ClassNamesKey, out var n) ? JsonSerializer.Deserialize<List<string>>(n) : null;
-            return new WeightsMetadata(model, options, names);
+            var pre = meta.TryGetValue(PreprocessKey, out var pp) ? JsonSerializer.Deserialize<Preprocessing>(pp) : null;
+            if (pre is not null && (pre.Mean is not { Length: 3 } || pre.Std is not { Length: 3 } || pre.Std.Any(s => !(s > 0)) ||
+                                    !(pre.CropPct is > 0 and <= 1) || pre.Interpolation is not ("bicubic" or "bilinear")))
+                throw new CheckpointFormatException(pathForErrors, $"malformed AllTokens metadata: {PreprocessKey} = {pp}");
+            return new WeightsMetadata(model, options, names, pre);
         }
         catch (JsonException e)
         {
@@ -47,10 +62,11 @@ public sealed record ModelRequest(string? Model = null, string? Weights = null, 
 /// <summary>Saving and loading whole models: our safetensors (with metadata) or any supported checkpoint.</summary>
 public static class ModelWeights
 {
-    public static void Save(ImageClassifier model, string modelName, string path, IReadOnlyList<string>? classNames = null)
+    public static void Save(ImageClassifier model, string modelName, string path, IReadOnlyList<string>? classNames = null,
+        Preprocessing? preprocess = null)
     {
         var tensors = ModuleState.Ordered(model).Select(kv => new KeyValuePair<string, RawTensor>(kv.Key, RawTensor.FromTorch(kv.Value))).ToList();
-        Safetensors.Write(path, tensors, new WeightsMetadata(modelName, model.Options, classNames).ToDictionary());
+        Safetensors.Write(path, tensors, new WeightsMetadata(modelName, model.Options, classNames, preprocess).ToDictionary());
     }
 
     public static WeightsFile Read(string path, bool preferEma = false)

@@ -9,6 +9,9 @@ namespace AllTokens.Training;
 /// <summary>The data of a run: train and validation batches and the class names.</summary>
 public sealed record TrainDataSources(IBatchSource Train, IBatchSource? Val, IReadOnlyList<string> ClassNames)
 {
+    /// <summary>The eval preprocessing of this run (validation transform), written into the exported weights.</summary>
+    public Checkpoints.Preprocessing? Preprocessing { get; init; }
+
     /// <summary>Samples skipped so far because their files could not be read (train and val).</summary>
     public long SkippedCount => ((Train as DataLoader)?.SkippedCount ?? 0) + ((Val as DataLoader)?.SkippedCount ?? 0);
 }
@@ -62,7 +65,11 @@ public static class TrainData
             trainLoader.Skipped += s => warn($"warning: skipped {s.Key} (epoch {s.Epoch}): {s.Message}");
             if (valLoader is not null) valLoader.Skipped += s => warn($"warning: skipped {s.Key} (validation): {s.Message}");
         }
-        return new TrainDataSources(trainLoader, valLoader, train.ClassNames);
+        string interp = defaults.Interpolation == "bilinear" ? "bilinear" : "bicubic";
+        return new TrainDataSources(trainLoader, valLoader, train.ClassNames)
+        {
+            Preprocessing = new Checkpoints.Preprocessing(mean, std, config.CropPct ?? defaults.CropPct, interp),
+        };
     }
 
     /// <summary>timm's train transform from the recipe keys; token labeling uses the official order and records geometry.</summary>

@@ -98,7 +98,7 @@ public static class TrainSetup
                 report = WeightLoader.LoadInto(model, file.StateDict, init);
             }
             var task = CreateTask(config, model, data, owned, device);
-            var trainer = new Trainer(config, task, data.Train, data.Val, new RunInfo(runDir, name, data.ClassNames, device), progress, group);
+            var trainer = new Trainer(config, task, data.Train, data.Val, new RunInfo(runDir, name, data.ClassNames, device, data.Preprocessing), progress, group);
             return new TrainSession(config, model, task, data, trainer, report, resume, owned);
         }
         catch

@@ -33,7 +33,8 @@ public sealed record TrainResult(string RunDir, int EpochsDone, long GlobalStep,
 /// <summary>Where a run lives and what it is.</summary>
 /// <param name="RunDir">Run folder: config.yaml, metrics.jsonl, plots, checkpoints/, last/best weights.</param>
 /// <param name="ModelName">Registry name written into checkpoints and exported weights.</param>
-public sealed record RunInfo(string RunDir, string ModelName, IReadOnlyList<string>? ClassNames = null, Device? Device = null);
+public sealed record RunInfo(string RunDir, string ModelName, IReadOnlyList<string>? ClassNames = null, Device? Device = null,
+    Checkpoints.Preprocessing? Preprocessing = null);
 
 /// <summary>
 /// The training loop (minGPT-style: knows only <see cref="ITrainTask"/>). Epochs of micro-batches, gradient
@@ -435,7 +436,7 @@ public sealed class Trainer : IDisposable
     private void ExportWeights(string path, IReadOnlyList<KeyValuePair<string, Tensor>> state)
     {
         ThrowIfNonFinite(state, "");
-        Safetensors.Write(path, Raw(state), new WeightsMetadata(run.ModelName, model.Options, run.ClassNames).ToDictionary());
+        Safetensors.Write(path, Raw(state), new WeightsMetadata(run.ModelName, model.Options, run.ClassNames, run.Preprocessing).ToDictionary());
     }
 
     /// <summary>

@@ -111,6 +111,33 @@ public sealed class TrainVerbTests : IDisposable
     }
 
     [Fact]
+    public void WeightsCarryTheRunsPreprocessingAndEvalUsesIt()
+    {
+        string data = IdxFolder(), run = Path.Combine(dir, "pre");
+        var (code, _, err) = Run(Base(data, run, "--set", "mean=[0.25,0.25,0.25]", "--set", "std=[0.5,0.5,0.5]", "--set", "crop_pct=1.0"));
+        Assert.True(code == 0, err);
+        string weights = Path.Combine(run, "last.safetensors");
+        var meta = WeightsMetadata.From(Safetensors.ReadMetadata(weights), weights)!;
+        Assert.NotNull(meta.Preprocess);
+        Assert.Equal([0.25f, 0.25f, 0.25f], meta.Preprocess!.Mean);
+        Assert.Equal([0.5f, 0.5f, 0.5f], meta.Preprocess.Std);
+        Assert.Equal(1.0, meta.Preprocess.CropPct);
+
+        // eval reproduces the run's own validation (same images, same preprocessing), not the ImageNet defaults.
+        (code, var output, err) = Run("eval", "--weights", weights, "--data", data, "--threads", "1", "--workers", "0", "--json", "--out", run);
+        Assert.True(code == 0, err);
+        Assert.Contains("preprocessing from the weights: mean [0.25, 0.25, 0.25], std [0.5, 0.5, 0.5], crop_pct 1", err);
+        double evalTop1 = System.Text.Json.JsonDocument.Parse(output).RootElement.GetProperty("top1").GetDouble();
+        var last = File.ReadLines(Path.Combine(run, "metrics.jsonl")).Last(l => l.Contains("\"val_top1\""));
+        double valTop1 = System.Text.Json.JsonDocument.Parse(last).RootElement.GetProperty("val_top1").GetDouble();
+        Assert.Equal(valTop1, evalTop1, 3);
+
+        // Flags still win over the weights.
+        (code, _, err) = Run("eval", "--weights", weights, "--data", data, "--threads", "1", "--workers", "0", "--crop-pct", "0.5", "--json", "--out", run);
+        Assert.True(code == 0, err);
+    }
+
+    [Fact]
     public void UnknownRecipeKeyIsAUsageError()
     {
         string recipe = Path.Combine(dir, "bad.yaml");
