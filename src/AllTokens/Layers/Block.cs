@@ -59,14 +59,16 @@ public sealed class Block : nn.Module<Tensor, Tensor>
             a = attn.call(norm1.call(x));
             attention = null;
         }
-        x = x + Branch(a);
+        x = Held.Add(x, Branch(a));
         if (attention is not null) scope.MoveToOuter(attention);
-        return scope.MoveToOuter(x + Branch(mlp.call(norm2.call(x))));
+        return scope.MoveToOuter(Held.Add(x, Branch(mlp.call(norm2.call(x)))));
     }
 
     private Tensor Branch(Tensor t)
     {
         t = drop_path.call(t);
-        return SkipLam == 1.0 ? t : t / SkipLam;
+        if (SkipLam == 1.0) return t;
+        using var lam = SkipLam.ToScalar(); // held for the call (see Held)
+        return t.div(lam);
     }
 }

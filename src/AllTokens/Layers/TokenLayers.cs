@@ -63,9 +63,9 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
         // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
         var y = (qp / (d + Epsilon)).matmul(kptv.transpose(1, 2)).to(v.dtype); // [B, T, e], back to the compute dtype
-        y = v + FastDropout.Apply(dp, Dense.Forward(proj, y));
+        y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
-        return scope.MoveToOuter(y + FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y))))));
+        return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))))));
     }
 }
 
@@ -106,7 +106,7 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
         var attn = attn_drop.call((q * scale).matmul(k.transpose(-2, -1)).softmax(-1)); // [B, 1, N, N]
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, inDim);
         y = proj_drop.call(Dense.Forward(proj, y));
-        return scope.MoveToOuter(v.squeeze(1) + y);
+        return scope.MoveToOuter(Held.Add(v.squeeze(1), y));
     }
 }
 
@@ -134,7 +134,7 @@ public sealed class TokenTransformer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         x = attn.call(norm1.call(x));
-        return scope.MoveToOuter(x + drop_path.call(mlp.call(norm2.call(x))));
+        return scope.MoveToOuter(Held.Add(x, drop_path.call(mlp.call(norm2.call(x)))));
     }
 }
 

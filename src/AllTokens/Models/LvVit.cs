@@ -176,7 +176,7 @@ public sealed class LvVit : ImageClassifier
         }
         x = x.flatten(2).transpose(1, 2); // [B, N, D]
         var cls = cls_token.expand(x.shape[0], -1, -1);
-        x = torch.cat([cls, x], 1) + pos_embed; // [B, 1+N, D]
+        x = Held.Add(torch.cat([cls, x], 1), pos_embed); // [B, 1+N, D]
         return pos_drop.call(x);
     }
 

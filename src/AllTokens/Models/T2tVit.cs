@@ -234,7 +234,7 @@ public sealed class T2tVit : ImageClassifier
         if (t.shape[1] != grid * grid)
             throw new ArgumentException($"{GetName()} was built for {Options.ImgSize}px ({grid}×{grid} tokens); the input gives {t.shape[1]} tokens");
         var cls = cls_token.expand(t.shape[0], -1, -1);
-        return pos_drop.call(torch.cat([cls, t], 1) + pos_embed); // [B, 1+N, E]
+        return pos_drop.call(Held.Add(torch.cat([cls, t], 1), pos_embed)); // [B, 1+N, E]
     }
 
     public override Tensor ForwardFeatures(Tensor x)

@@ -47,7 +47,8 @@ public sealed class ModelEma : IDisposable
                 e.copy_(m);
                 continue;
             }
-            e.mul_(Decay).add_(m.to(ScalarType.Float32), alpha: 1 - Decay);
+            using Scalar d = Decay.ToScalar(), a = (1 - Decay).ToScalar(); // held for the calls (see Layers.Held)
+            e.mul_(d).add_(m.to(ScalarType.Float32), alpha: a);
         }
     }
 

@@ -117,12 +117,15 @@ public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, 
             slots["exp_avg_sq"] = Keep(torch.zeros_like(p.Value));
         }
         var v = slots["exp_avg_sq"];
-        if (group.WeightDecay != 0) p.Value.mul_(1 - lr * group.WeightDecay);
-        m.mul_(beta1).add_(grad, alpha: 1 - beta1);
-        v.mul_(beta2).addcmul_(grad, grad, value: 1 - beta2);
         double bc1 = 1 - Math.Pow(beta1, p.Steps), bc2 = 1 - Math.Pow(beta2, p.Steps);
-        var denom = v.sqrt().div_(Math.Sqrt(bc2)).add_(eps); // in place on the fresh sqrt: same arithmetic, one tensor fewer
-        p.Value.addcdiv_(m, denom, value: -lr / bc1);
+        // Every scalar is held until the update is done (see Layers.Held); same values, same arithmetic.
+        using Scalar decay = (1 - lr * group.WeightDecay).ToScalar(), b1 = beta1.ToScalar(), a1 = (1 - beta1).ToScalar(),
+            b2 = beta2.ToScalar(), a2 = (1 - beta2).ToScalar(), c2 = Math.Sqrt(bc2).ToScalar(), e = eps.ToScalar(), step = (-lr / bc1).ToScalar();
+        if (group.WeightDecay != 0) p.Value.mul_(decay);
+        m.mul_(b1).add_(grad, alpha: a1);
+        v.mul_(b2).addcmul_(grad, grad, value: a2);
+        var denom = v.sqrt().div_(c2).add_(e); // in place on the fresh sqrt: same arithmetic, one tensor fewer
+        p.Value.addcdiv_(m, denom, value: step);
     }
 }
 
