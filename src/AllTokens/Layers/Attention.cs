@@ -67,7 +67,8 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         {
             // SDPA scales by head_dim^-0.5 itself; fold any other scale into q.
             double hd = c / NumHeads, extra = Scale * Math.Sqrt(hd);
-            var qs = Math.Abs(extra - 1.0) < 1e-12 ? q : q * extra;
+            using var extraScalar = extra.ToScalar(); // held for the call (see Held)
+            var qs = Math.Abs(extra - 1.0) < 1e-12 ? q : q.mul(extraScalar);
             double p = training ? attn_drop.p : 0.0;
             var fused = nn.functional.scaled_dot_product_attention(qs, k, v, p: p).transpose(1, 2).reshape(b, n, c);
             attention = null;
@@ -75,9 +76,10 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
             if (se_layer is not null) yf = se_layer.call(yf);
             return scope.MoveToOuter(proj_drop.call(yf));
         }
+        using var scale = Scale.ToScalar(); // held for the call (see Held)
         var attn = ScaleQueryFirst
-            ? (q * Scale).matmul(k.transpose(-2, -1)).softmax(-1)
-            : (q.matmul(k.transpose(-2, -1)) * Scale).softmax(-1); // [B, H, N, N]
+            ? q.mul(scale).matmul(k.transpose(-2, -1)).softmax(-1)
+            : q.matmul(k.transpose(-2, -1)).mul(scale).softmax(-1); // [B, H, N, N]
         attention = captureAttention ? scope.MoveToOuter(attn.detach()) : null;
         attn = attn_drop.call(attn);
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, c); // [B, N, D]

@@ -47,7 +47,8 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     private Tensor PrmExp(Tensor z)
     {
         // exp(W z − ‖z‖²/2)/√m, with the 1/√m folded into the exponent (one pass over [B, T, m] fewer, forward and back).
-        var shift = (z * z).sum(-1, keepdim: true) / 2 + 0.5 * Math.Log(m);  // [B, T, 1]
+        using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
+        var shift = (z * z).sum(-1, keepdim: true).div(two).add(logRootM);  // [B, T, 1]
         var wtx = z.to(ScalarType.Float32).matmul(w.t().to(ScalarType.Float32)); // [B, T, m] (fp32, as the original, also under bf16)
         return (wtx - shift).exp();
     }
@@ -62,7 +63,8 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1]
         var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
         // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
-        var y = (qp / (d + Epsilon)).matmul(kptv.transpose(1, 2)).to(v.dtype); // [B, T, e], back to the compute dtype
+        using var eps = Epsilon.ToScalar();
+        var y = qp.div(d.add(eps)).matmul(kptv.transpose(1, 2)).to(v.dtype); // [B, T, e], back to the compute dtype
         y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
         return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))))));

@@ -202,7 +202,8 @@ public sealed class LvVit : ImageClassifier
         var logits = head.call(t[.., 0]);
         if (aux_head is null) return logits;
         var aux = Dense.Forward(aux_head, t[.., 1..]); // [B, N, C]
-        return logits + 0.5 * aux.max(1).values;
+        using var half = 0.5.ToScalar(); // held for the calls (see Held)
+        return Held.Add(logits, aux.max(1).values.mul(half));
     }
 
     public override TrainOutput ForwardTrain(Tensor x, MixBox? box = null)

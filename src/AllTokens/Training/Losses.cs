@@ -28,6 +28,7 @@ public static class Losses
         var logp = nn.functional.log_softmax(l, -1);
         var nll = -logp.gather(-1, labels.view(-1, 1)).squeeze(-1);
         var smooth = -logp.mean([-1]);
-        return ((1 - smoothing) * nll + smoothing * smooth).mean();
+        using Scalar keep = (1 - smoothing).ToScalar(), spread = smoothing.ToScalar(); // held for the calls (see Layers.Held)
+        return Layers.Held.Add(nll.mul(keep), smooth.mul(spread)).mean();
     }
 }
