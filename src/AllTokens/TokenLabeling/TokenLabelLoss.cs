@@ -37,7 +37,8 @@ public sealed class TokenLabelLoss(TokenLabelLossOptions? options = null)
         if (!logits.shape.SequenceEqual(targets.shape))
             throw new ArgumentException($"logits [{string.Join(", ", logits.shape)}] and targets [{string.Join(", ", targets.shape)}] differ in shape");
         long rows = logits.numel() / logits.shape[^1];
-        return logits.log_softmax(-1).mul(targets).sum().div(-rows); // one fewer full-size temporary than −t·log p summed per row
+        using var negRows = (-rows).ToScalar(); // held for the call (see Layers.Held)
+        return logits.log_softmax(-1).mul(targets).sum().div(negRows); // one fewer full-size temporary than −t·log p summed per row
     }
 
     /// <summary>λ'·t + (1−λ')·t.flip(0) for a non-empty box on a gridH × gridW grid; t unchanged otherwise.</summary>
@@ -45,7 +46,8 @@ public sealed class TokenLabelLoss(TokenLabelLossOptions? options = null)
     {
         if (box is not { IsEmpty: false } b) return target;
         double lam = b.Lambda(gridH, gridW);
-        return target * lam + target.flip(0) * (1 - lam);
+        using Scalar l = lam.ToScalar(), rest = (1 - lam).ToScalar(); // held for the calls (see Layers.Held)
+        return Layers.Held.Add(target.mul(l), target.flip(0).mul(rest));
     }
 
     /// <summary>
@@ -55,7 +57,8 @@ public sealed class TokenLabelLoss(TokenLabelLossOptions? options = null)
     public Tensor Compute(TrainOutput output, TokenTargets targets, int gridSize)
     {
         var cls = MixClassTarget(targets.Cls, output.Box, gridSize, gridSize);
-        var loss = SoftCrossEntropy(output.Logits, cls) * Options.ClsWeight;
+        using Scalar clsWeight = Options.ClsWeight.ToScalar(), denseWeight = Options.DenseWeight.ToScalar(); // held (see Layers.Held)
+        var loss = SoftCrossEntropy(output.Logits, cls).mul(clsWeight);
         if (Options.Mode == TokenLabelLossMode.ReLabel || Options.DenseWeight == 0) return loss;
         var tokens = output.TokenLogits
             ?? throw new ArgumentException($"token-label loss mode {Options.Mode} needs token logits; the model has no token head (use ReLabel mode or an lvvit_t/s/m/l model)");
@@ -67,6 +70,6 @@ public sealed class TokenLabelLoss(TokenLabelLossOptions? options = null)
                 ?? throw new ArgumentException("dense token-label loss needs token targets; the label size is 1 (use ReLabel mode)");
         if (tokenTargets.shape[1] != tokens.shape[1])
             throw new ArgumentException($"the model has {tokens.shape[1]} tokens, the targets {tokenTargets.shape[1]}: the label size must equal the token grid side ({gridSize})");
-        return loss + SoftCrossEntropy(tokens, tokenTargets) * Options.DenseWeight;
+        return Layers.Held.Add(loss, SoftCrossEntropy(tokens, tokenTargets).mul(denseWeight));
     }
 }

@@ -80,8 +80,9 @@ public static class Mixup
         }
         else
         {
-            var flipped = images.flip(0).mul_(1.0 - draw.Lambda);
-            images.mul_(draw.Lambda).add_(flipped);
+            using Scalar lam = draw.Lambda.ToScalar(), rest = (1.0 - draw.Lambda).ToScalar(); // held for the calls (see Layers.Held)
+            var flipped = images.flip(0).mul_(rest);
+            images.mul_(lam).add_(flipped, Layers.Held.One);
         }
     }
 
@@ -95,12 +96,14 @@ public static class Mixup
         var y1 = OneHot(labels, numClasses, on, off);
         if (lambda == 1.0) return y1;
         var y2 = OneHot(labels.flip(0), numClasses, on, off);
-        return y1 * lambda + y2 * (1.0 - lambda);
+        using Scalar lam = lambda.ToScalar(), rest = (1.0 - lambda).ToScalar(); // held for the calls (see Layers.Held)
+        return y1.mul(lam).add(y2.mul(rest), Layers.Held.One);
     }
 
     private static Tensor OneHot(Tensor labels, int numClasses, double on, double off)
     {
         var hot = nn.functional.one_hot(labels.to(ScalarType.Int64), numClasses).to(ScalarType.Float32);
-        return hot.mul_(on - off).add_(off);
+        using Scalar scale = (on - off).ToScalar(), shift = off.ToScalar(); // held for the calls (see Layers.Held)
+        return hot.mul_(scale).add_(shift);
     }
 }
