@@ -29,11 +29,9 @@ public static class FastDropout
         if (!training || p == 0 || x.numel() == 0) return x;
         if (!Enabled || p >= 1 || x.device_type != DeviceType.CPU || (x.dtype != ScalarType.Float32 && x.dtype != ScalarType.BFloat16))
             return nn.functional.dropout(x, p, training);
-        using var noGrad = torch.no_grad();
         using var seedTensor = torch.randint(long.MaxValue, [1], dtype: ScalarType.Int64);
         ulong seed = (ulong)seedTensor.item<long>();
-        using var mask = Mask(x.shape, p, seed, x.dtype);
-        noGrad.Dispose();
+        using var mask = Mask(x.shape, p, seed, x.dtype); // a plain tensor: no gradient flows into it
         return x * mask;
     }
 

@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using System.IO.Compression;
 using AllTokens.Checkpoints;
 using AllTokens.Cli;
 using AllTokens.Models;
@@ -44,37 +42,8 @@ public sealed class TrainVerbTests : IDisposable
         return (code, o.ToString(), e.ToString());
     }
 
-    /// <summary>A tiny Fashion-MNIST-shaped IDX folder: class c is a bright band at rows 2c…2c+3 plus noise.</summary>
-    private string IdxFolder(int train = 32, int test = 16)
-    {
-        string root = Path.Combine(dir, "fashion-tiny");
-        Directory.CreateDirectory(root);
-        var rng = new Rng(1);
-        foreach (var (prefix, n) in new[] { ("train", train), ("t10k", test) })
-        {
-            var labels = Enumerable.Range(0, n).Select(i => (byte)(i % 10)).ToArray();
-            var pixels = new byte[n * 28 * 28];
-            for (int i = 0; i < n; i++)
-                for (int p = 0; p < 784; p++)
-                    pixels[i * 784 + p] = (byte)(p / 28 / 2 - labels[i] is >= 0 and < 2 ? 200 : rng.NextInt(0, 60));
-            WriteIdx(Path.Combine(root, $"{prefix}-images-idx3-ubyte.gz"), [n, 28, 28], pixels);
-            WriteIdx(Path.Combine(root, $"{prefix}-labels-idx1-ubyte.gz"), [n], labels);
-        }
-        return root;
-    }
-
-    private static void WriteIdx(string path, int[] dims, byte[] data)
-    {
-        using var gz = new GZipStream(File.Create(path), CompressionLevel.Fastest);
-        gz.Write([0, 0, 8, (byte)dims.Length]);
-        Span<byte> b = stackalloc byte[4];
-        foreach (var d in dims)
-        {
-            BinaryPrimitives.WriteInt32BigEndian(b, d);
-            gz.Write(b);
-        }
-        gz.Write(data);
-    }
+    /// <summary>A tiny Fashion-MNIST-shaped IDX folder (the fault suite's: class c is a bright band at rows 2c…2c+3).</summary>
+    private string IdxFolder(int train = 32, int test = 16) => Reliability.FaultFixtures.IdxFolder(dir, train, test);
 
     private static string[] Base(string data, string run, params string[] more) => BaseFor("t2t_vit_7", data, run, more);
 
