@@ -83,12 +83,11 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
             case T2tTokens.Transformer:
             {
                 using var scope = torch.NewDisposeScope();
-                var s0 = soft_split0!.call(x).transpose(1, 2);        // [B, (H/4)², 147]
-                var a1 = attention1!.call(s0);                         // [B, (H/4)², 64]
-                var g1 = Restructure(a1);                              // [B, 64, H/4, W/4]
-                var a2 = attention2!.call(soft_split1!.call(g1).transpose(1, 2)); // [B, (H/8)², 64]
-                var g2 = Restructure(a2);
-                var tokens = Dense.Forward(project, soft_split2!.call(g2).transpose(1, 2)); // [B, (H/16)², E]
+                // The image's soft split as strided windows (Layers/SoftSplit: the same tokens, one copy fewer).
+                var s0 = SoftSplit.Strided ? SoftSplit.FromImage(x, 7, 4, 2) : soft_split0!.call(x).transpose(1, 2); // [B, (H/4)², 147]
+                var a1 = attention1!.call(s0);                                                         // [B, (H/4)², 64]
+                var a2 = attention2!.call(soft_split1!.call(Restructure(a1)).transpose(1, 2));         // [B, (H/8)², 64]
+                var tokens = Dense.Forward(project, soft_split2!.call(Restructure(a2)).transpose(1, 2)); // [B, (H/16)², E]
                 scope.MoveToOuter(s0, a1, a2);
                 return new T2tStages(scope.MoveToOuter(tokens), s0, a1, a2);
             }

@@ -50,6 +50,33 @@ public class KernelPathTests
         Assert.Equal(lin.weight!.shape, new long[] { outFeatures, shape[^1] }); // the parameter keeps the Linear's shape
     }
 
+    [Theory]
+    [InlineData(2, 3, 32, 32, 7, 4, 2)]   // T2T's first soft split at 32 px
+    [InlineData(1, 5, 20, 13, 3, 2, 1)]   // non-square, odd sizes
+    [InlineData(2, 4, 9, 9, 3, 3, 0)]     // no padding, stride = kernel
+    public void StridedSoftSplitEqualsUnfoldThenTranspose(int b, int c, int h, int w, int k, int s, int p)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(11);
+        var image = torch.randn(b, c, h, w);
+        var unfold = nn.Unfold((k, k), stride: (s, s), padding: (p, p));
+
+        var x1 = image.detach().requires_grad_(true);
+        var t1 = unfold.call(x1).transpose(1, 2);
+        var g = torch.randn(t1.shape);
+        t1.backward([g]);
+
+        var x2 = image.detach().requires_grad_(true);
+        var t2 = SoftSplit.FromImage(x2, k, s, p);
+        Assert.True(t2.is_contiguous());
+        Assert.Equal(0.0, (t1 - t2).abs().max().item<float>()); // a pure rearrangement: bit for bit
+        t2.backward([g]);
+        AssertClose(x1.grad!, x2.grad!, rtol: 1e-6, atol: 1e-6);  // overlapping windows sum in another order
+
+        var bf = SoftSplit.FromImage(image.to(ScalarType.BFloat16), k, s, p);
+        Assert.Equal(0.0, (unfold.call(image.to(ScalarType.BFloat16)).transpose(1, 2) - bf).abs().max().to(ScalarType.Float32).item<float>());
+    }
+
     [Fact]
     public void NonContiguousInputsAreHandled()
     {
