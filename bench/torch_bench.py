@@ -60,10 +60,10 @@ def sinusoid(n, d):
     return torch.tensor(table, dtype=torch.float32).unsqueeze(0)
 
 
-class T2TViT(nn.Module):
-    """T2T_VIT.md §3.1/§3.4 with Performer T2T layers."""
+class T2TModule(nn.Module):
+    """T2T_VIT.md §3.1: soft split → Performer → re-structurize → soft split → Performer → re-structurize → soft split → project."""
 
-    def __init__(self, img, classes, e, depth, heads, mlp_ratio, token_dim=64):
+    def __init__(self, e, token_dim=64):
         super().__init__()
         self.ss0 = nn.Unfold(7, stride=4, padding=2)
         self.ss1 = nn.Unfold(3, stride=2, padding=1)
@@ -71,12 +71,6 @@ class T2TViT(nn.Module):
         self.a1 = TokenPerformer(3 * 49, token_dim)
         self.a2 = TokenPerformer(token_dim * 9, token_dim)
         self.project = nn.Linear(token_dim * 9, e)
-        n = (img // 16) ** 2
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
-        self.pos_embed = nn.Parameter(sinusoid(n + 1, e), requires_grad=False)
-        self.blocks = nn.ModuleList([Block(e, heads, mlp_ratio, 1.0) for _ in range(depth)])
-        self.norm = nn.LayerNorm(e)
-        self.head = nn.Linear(e, classes)
 
     @staticmethod
     def restructure(x):
@@ -87,7 +81,24 @@ class T2TViT(nn.Module):
     def forward(self, x):
         x = self.a1(self.ss0(x).transpose(1, 2))
         x = self.a2(self.ss1(self.restructure(x)).transpose(1, 2))
-        x = self.project(self.ss2(self.restructure(x)).transpose(1, 2))
+        return self.project(self.ss2(self.restructure(x)).transpose(1, 2))
+
+
+class T2TViT(nn.Module):
+    """T2T_VIT.md §3.1/§3.4 with Performer T2T layers (module names as the original: tokens_to_token, blocks, norm, head)."""
+
+    def __init__(self, img, classes, e, depth, heads, mlp_ratio, token_dim=64):
+        super().__init__()
+        self.tokens_to_token = T2TModule(e, token_dim)
+        n = (img // 16) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
+        self.pos_embed = nn.Parameter(sinusoid(n + 1, e), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(e, heads, mlp_ratio, 1.0) for _ in range(depth)])
+        self.norm = nn.LayerNorm(e)
+        self.head = nn.Linear(e, classes)
+
+    def forward(self, x):
+        x = self.tokens_to_token(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
@@ -110,6 +121,54 @@ def soft_ce(logits, target):
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+def breakdown(model, opt, a):
+    """Every top-level module (blocks one by one) alone, forward + backward with a gradient of ones, on the input it got
+    in one forward of the whole model; then one AdamW step. Parts run in turn, round after round (as bench --breakdown)."""
+    parts = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            parts += [(f"{name}.{i}", m) for i, m in enumerate(child)]
+        else:
+            parts.append((name, child))
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: inputs.setdefault(n, inp[0].detach().clone())) for n, m in parts]
+    model.train()
+    with torch.no_grad():
+        model.forward_eval(torch.randn(a.batch, 3, a.res, a.res)) if hasattr(model, "forward_eval") else model(torch.randn(a.batch, 3, a.res, a.res))
+    for h in hooks:
+        h.remove()
+    runs = []
+    for n, m in parts:
+        if n not in inputs:
+            continue
+        x0 = inputs[n]
+        image = x0.dim() == 4 and x0.shape[1] == 3 and x0.shape[2] == a.res
+
+        def run(m=m, x0=x0, image=image):
+            x = x0 if image or not x0.is_floating_point() else x0.detach().requires_grad_(True)
+            y = m(x)
+            if y.requires_grad:
+                y.backward(torch.ones_like(y))
+            model.zero_grad(set_to_none=True)
+        runs.append((n, list(x0.shape), run))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    fake = [torch.randn_like(p) * 1e-3 for p in params]
+
+    def opt_step():
+        for p, g in zip(params, fake):
+            p.grad = g
+        opt.step()
+    runs.append(("optimizer step", [], opt_step))
+    times = [[] for _ in runs]
+    for r in range(a.warmup + a.steps):
+        for i, (_, _, f) in enumerate(runs):
+            t0 = time.perf_counter()
+            f()
+            if r >= a.warmup:
+                times[i].append(time.perf_counter() - t0)
+    return [{"part": n, "input": shape, "median_s": statistics.median(t)} for (n, shape, _), t in zip(runs, times)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -120,6 +179,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--ce", action="store_true", help="plain cross-entropy step for LV-ViT too (compare with bench --task ce)")
+    ap.add_argument("--breakdown", action="store_true", help="also time each top-level part alone, forward + backward (as bench --breakdown)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -171,10 +231,12 @@ def main():
             if i >= a.warmup:
                 infer.append(time.perf_counter() - t0)
     med, imed = statistics.median(times), statistics.median(infer)
+    parts = breakdown(model, opt, a) if a.breakdown else None
     print(json.dumps({
         "impl": "pytorch", "version": torch.__version__, "model": a.model, "res": a.res, "batch": a.batch, "threads": a.threads,
         "train_images_per_s": a.batch / med, "infer_images_per_s": a.batch / imed, "median_step_s": med,
         "median_infer_s": imed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **({"breakdown": parts} if parts is not None else {}),
     }))
 
 

@@ -10,13 +10,14 @@ namespace AllTokens.Cli;
 public static class BenchVerb
 {
     public static readonly Verb Verb = new(new VerbSpec("bench", "measure throughput: a model's train step and inference, or the data loader (images/s)",
-        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--threads T] [--bf16] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
+        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--threads T] [--bf16] [--breakdown] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
     [
         new OptionSpec("model", "M", "benchmark this model's train step and inference on synthetic data"),
         new OptionSpec("steps", "N", "timed steps (model mode)", "10"),
         new OptionSpec("warmup", "W", "untimed steps first (model mode)", "3"),
         new OptionSpec("num-classes", "N", "classifier width (model mode)", "1000"),
         new OptionSpec("bf16", null, "bf16 compute with fp32 master weights (model mode)"),
+        new OptionSpec("breakdown", null, "model mode: also time each part of the train step alone (stem or T2T module, every block, head, optimizer), forward + backward"),
         new OptionSpec("task", "ce|auto", "model mode: 'auto' uses the token-labeling step for LV-ViT models (as in their training), 'ce' plain cross-entropy", "auto"),
         CliCommon.ThreadsOption,
         CliCommon.DeviceOption,
@@ -113,6 +114,13 @@ public static class BenchVerb
         io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup} warmup + {steps} timed steps"));
         var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device);
+        IReadOnlyList<Training.StepPart>? parts = null;
+        if (a.Flag("breakdown"))
+        {
+            if (bf16) throw new UsageException("--breakdown times the fp32 step; leave out --bf16");
+            io.Err.WriteLine("bench: timing each part of the step alone…");
+            parts = Training.StepBreakdown.Run(model, batch, res, steps, warmup, device);
+        }
         if (a.Flag("json"))
         {
             io.Out.WriteLine(JsonSerializer.Serialize(new
@@ -129,15 +137,30 @@ public static class BenchVerb
                 median_step_s = r.MedianTrainStepSeconds,
                 median_infer_s = r.MedianInferStepSeconds,
                 peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
-            }));
+                breakdown = parts?.Select(p => new { part = p.Name, input = p.Input, median_s = p.MedianSeconds }).ToArray(),
+            }, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
         }
         else
         {
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: train {r.TrainImagesPerSecond:F1} img/s (median step {r.MedianTrainStepSeconds * 1000:F0} ms), " +
                 $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB"));
+            if (parts is not null) WriteBreakdown(io, parts, r.MedianTrainStepSeconds);
         }
         return 0;
+    }
+
+    private static void WriteBreakdown(Console2 io, IReadOnlyList<Training.StepPart> parts, double stepSeconds)
+    {
+        double sum = parts.Sum(p => p.MedianSeconds);
+        io.Out.WriteLine("part (forward + backward alone)          input                 median ms   share");
+        foreach (var p in parts)
+        {
+            string input = p.Input.Length == 0 ? "" : "[" + string.Join(",", p.Input) + "]";
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {p.Name,-38} {input,-20} {p.MedianSeconds * 1000,10:F1} {100 * p.MedianSeconds / sum,6:F1} %"));
+        }
+        io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  {"sum of parts",-38} {"",-20} {sum * 1000,10:F1}   (whole step above: {stepSeconds * 1000:F0} ms, with the loss and the glue between parts)"));
     }
 
     /// <summary>The step the model trains with: token labeling for LV-ViT models with an aux head (unless --task ce).</summary>
