@@ -24,8 +24,17 @@ public static class Dense
     /// <summary>A head that is a <see cref="Linear"/> or an Identity (no classes).</summary>
     public static Tensor Forward(nn.Module<Tensor, Tensor> module, Tensor x) => module is Linear l ? Forward(l, x) : module.call(x);
 
-    public static Tensor Forward(Linear linear, Tensor x) =>
-        UseConvKernel && TakesConvPath(linear, x) ? AsConvolution(linear, x) : linear.call(x);
+    public static Tensor Forward(Linear linear, Tensor x)
+    {
+        Probe?.Invoke(linear, x);
+        return UseConvKernel && TakesConvPath(linear, x) ? AsConvolution(linear, x) : linear.call(x);
+    }
+
+    /// <summary>
+    /// Sees every linear called here with its input (the convolution path skips the module's forward hooks);
+    /// Training.StepBreakdown sets it while it captures each part's input.
+    /// </summary>
+    internal static Action<Linear, Tensor>? Probe { get; set; }
 
     /// <summary>Whether <see cref="AsConvolution"/> applies and pays: fp32 on a CPU, ≥ <see cref="MinRows"/> rows.</summary>
     internal static bool TakesConvPath(Linear linear, Tensor x)

@@ -43,13 +43,15 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Positive random features [B, T, m] of z [B, T, e].</summary>
+    /// <summary>Positive random features [B, T, m] of z [B, T, e], in fp32 whatever z's dtype.</summary>
     private Tensor PrmExp(Tensor z)
     {
         // exp(W z − ‖z‖²/2)/√m, with the 1/√m folded into the exponent (one pass over [B, T, m] fewer, forward and back).
+        // The whole exponent is fp32, as the original's .float(): an error in it is multiplied into the feature by exp.
         using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
-        var shift = (z * z).sum(-1, keepdim: true).div(two).add(logRootM);  // [B, T, 1]
-        var wtx = z.to(ScalarType.Float32).matmul(w.t().to(ScalarType.Float32)); // [B, T, m] (fp32, as the original, also under bf16)
+        var zf = z.to(ScalarType.Float32);
+        var shift = (zf * zf).sum(-1, keepdim: true).div(two).add(logRootM);  // [B, T, 1]
+        var wtx = zf.matmul(w.t().to(ScalarType.Float32));                     // [B, T, m]
         return (wtx - shift).exp();
     }
 
@@ -60,11 +62,23 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
-        var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1]
-        var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);       // [B, e, m]
+        var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1], fp32
         // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
         using var eps = Epsilon.ToScalar();
-        var y = qp.div(d.add(eps)).matmul(kptv.transpose(1, 2)).to(v.dtype); // [B, T, e], back to the compute dtype
+        var qpn = qp.div(d.add(eps));
+        Tensor y;
+        if (v.dtype == ScalarType.BFloat16)
+        {
+            // Under bf16 the two token-wide products take bf16 inputs (fp32 accumulation), as autocast runs the original's
+            // einsums (bmm) in reduced precision whatever .float() says; the exponent and the normaliser d stay fp32.
+            var kptv = v.transpose(1, 2).matmul(kp.to(v.dtype));             // [B, e, m]
+            y = qpn.to(v.dtype).matmul(kptv.transpose(1, 2));                  // [B, T, e]
+        }
+        else
+        {
+            var kptv = v.to(ScalarType.Float32).transpose(1, 2).matmul(kp);   // [B, e, m]
+            y = qpn.matmul(kptv.transpose(1, 2)).to(v.dtype);                 // [B, T, e], back to the compute dtype
+        }
         y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
         return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))))));

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using AllTokens.Layers;
 using AllTokens.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -39,7 +40,7 @@ public static class StepBreakdown
                 {
                     using var scope = torch.NewDisposeScope();
                     var x = image || !input.is_floating_point() ? input : input.detach().requires_grad_(true);
-                    var y = module.call(x);
+                    var y = Dense.Forward(module, x); // a Linear part as the model calls it
                     if (y.requires_grad) y.backward([torch.ones_like(y)]);
                     model.zero_grad();
                 }));
@@ -111,6 +112,17 @@ public static class StepBreakdown
                     return input;
                 }));
             }
+            // Linears the model calls through Layers.Dense skip the forward hooks; the probe sees them.
+            var byModule = parts.ToDictionary(p => (object)p.Module, p => p.Name, ReferenceEqualityComparer.Instance);
+            Dense.Probe = (linear, input) =>
+            {
+                if (byModule.TryGetValue(linear, out var key) && !captured.ContainsKey(key))
+                {
+                    var copy = input.detach().clone();
+                    copy.DetachFromDisposeScope();
+                    captured[key] = copy;
+                }
+            };
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
             model.call(torch.randn([batch, model.Options.InChans, resolution, resolution], device: dev));
@@ -122,6 +134,7 @@ public static class StepBreakdown
         }
         finally
         {
+            Dense.Probe = null;
             foreach (var r in removers) r.remove();
         }
         return captured;

@@ -78,6 +78,35 @@ public class KernelPathTests
     }
 
     [Fact]
+    public void Bf16PerformerFollowsTheFp32OneWithinBf16Rounding()
+    {
+        // Under bf16 the Performer keeps its exponent and normaliser in fp32 and runs the two token-wide products with
+        // bf16 inputs; its output must stay what bf16 rounding allows of the fp32 layer's, forward and backward.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(5);
+        var fp32 = new TokenPerformer(147, 64);
+        fp32.eval();
+        var bf16 = new TokenPerformer(147, 64);
+        bf16.load_state_dict(fp32.state_dict());
+        bf16.to(ScalarType.BFloat16);
+        bf16.eval();
+        var x = torch.randn(2, 196, 147);
+        var x1 = x.detach().requires_grad_(true);
+        var y1 = fp32.call(x1);
+        var x2 = x.to(ScalarType.BFloat16).detach().requires_grad_(true);
+        var y2 = bf16.call(x2);
+        Assert.Equal(ScalarType.BFloat16, y2.dtype);
+        double RelErr(Tensor a, Tensor b) => (a - b.to(ScalarType.Float32)).norm().item<float>() / a.norm().item<float>();
+        double err = RelErr(y1, y2);
+        Assert.True(err < 0.02, $"relative error {err:E3}"); // bf16 carries 8 significant bits: ~0.4 % per rounding
+        var g = torch.randn(y1.shape);
+        y1.backward([g]);
+        y2.backward([g.to(ScalarType.BFloat16)]);
+        double gerr = RelErr(x1.grad!, x2.grad!);
+        Assert.True(gerr < 0.05, $"input gradient relative error {gerr:E3}");
+    }
+
+    [Fact]
     public void NonContiguousInputsAreHandled()
     {
         using var _ = torch.NewDisposeScope();
