@@ -132,7 +132,8 @@ public static class DataParallel
         group.AllReduceSum(flat);
         long total = flat.numel() - ps.Count;
         float[] has = flat.narrow(0, total, ps.Count).data<float>().ToArray();
-        flat.narrow(0, 0, total).div_(group.Size);
+        using (Scalar size = group.Size.ToScalar()) // held for the call (see Layers.Held)
+            flat.narrow(0, 0, total).div_(size);
         long offset = 0;
         for (int i = 0; i < ps.Count; i++)
         {
@@ -162,7 +163,8 @@ public static class DataParallel
             if (!b.is_floating_point()) continue;
             var f = b.to(ScalarType.Float32).cpu().contiguous();
             group.AllReduceSum(f);
-            f.div_(group.Size);
+            using Scalar size = group.Size.ToScalar(); // held for the call (see Layers.Held)
+            f.div_(size);
             b.copy_(f);
         }
     }

@@ -25,7 +25,8 @@ public sealed class DropPath : nn.Module<Tensor, Tensor>
         shape[0] = x.shape[0];
         for (int i = 1; i < shape.Length; i++) shape[i] = 1;
         // floor(keep + U[0,1)) is 1 with probability keep, as in timm.
-        using var mask = (torch.rand(shape, dtype: x.dtype, device: x.device) + keep).floor_();
-        return x.div(keep) * mask;
+        using Scalar keepScalar = keep.ToScalar(); // held for the calls (see Held)
+        using var mask = Held.AddInPlace(torch.rand(shape, dtype: x.dtype, device: x.device), keepScalar).floor_();
+        return x.div(keepScalar) * mask;
     }
 }

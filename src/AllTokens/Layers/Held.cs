@@ -17,4 +17,10 @@ public static class Held
 
     /// <summary>a + b without a temporary scalar.</summary>
     public static Tensor Add(Tensor a, Tensor b) => a.add(b, One);
+
+    /// <summary>a + s (the caller holds s) without a temporary alpha.</summary>
+    public static Tensor Add(Tensor a, Scalar s) => a.add(s, One);
+
+    /// <summary>a += s in place (the caller holds s) without a temporary alpha.</summary>
+    public static Tensor AddInPlace(Tensor a, Scalar s) => a.add_(s, One);
 }

@@ -18,9 +18,10 @@ public static class Init
         double lo = NormalCdf((a - mean) / std), hi = NormalCdf((b - mean) / std);
         t.uniform_(2 * lo - 1, 2 * hi - 1);
         t.erfinv_();
-        t.mul_(std * Math.Sqrt(2.0));
-        t.add_(mean);
-        t.clamp_(a, b);
+        using Scalar scale = (std * Math.Sqrt(2.0)).ToScalar(), shift = mean.ToScalar(), lower = a.ToScalar(), upper = b.ToScalar(); // see Held
+        t.mul_(scale);
+        Held.AddInPlace(t, shift);
+        t.clamp_(lower, upper);
         return t;
     }
 

@@ -50,7 +50,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         // The whole exponent is fp32, as the original's .float(): an error in it is multiplied into the feature by exp.
         using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
         var zf = z.to(ScalarType.Float32);
-        var shift = (zf * zf).sum(-1, keepdim: true).div(two).add(logRootM);  // [B, T, 1]
+        var shift = Held.Add((zf * zf).sum(-1, keepdim: true).div(two), logRootM); // [B, T, 1]
         var wtx = zf.matmul(w.t().to(ScalarType.Float32));                     // [B, T, m]
         return (wtx - shift).exp();
     }
@@ -65,7 +65,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1], fp32
         // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
         using var eps = Epsilon.ToScalar();
-        var qpn = qp.div(d.add(eps));
+        var qpn = qp.div(Held.Add(d, eps));
         Tensor y;
         if (v.dtype == ScalarType.BFloat16)
         {
@@ -273,8 +273,8 @@ public sealed class DenseBlock : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var y = x + drop_path.call(attn.call(norm1.call(x)));
-        y = y + drop_path.call(mlp.call(norm2.call(y)));
+        var y = Held.Add(x, drop_path.call(attn.call(norm1.call(x))));
+        y = Held.Add(y, drop_path.call(mlp.call(norm2.call(y))));
         return torch.cat([x, Dense.Forward(dense_linear, y)], 2);
     }
 }

@@ -205,7 +205,8 @@ public static class DenseTargets
     /// <summary>Targets from pooled logits [B, 1+L², C] (class token first): softmax over classes, p·on + off, GT blend.</summary>
     public static TokenTargets FromPooledLogits(Tensor pooled, DenseTargetOptions options, Tensor? labels = null)
     {
-        var p = pooled.softmax(-1).mul_(options.OnValue).add_(options.OffValue);
+        using Scalar on = options.OnValue.ToScalar(), off = options.OffValue.ToScalar(); // held for the calls (see Layers.Held)
+        var p = Layers.Held.AddInPlace(pooled.softmax(-1).mul_(on), off);
         var cls = p[.., 0];
         Tensor? tokens = options.LabelSize == 1 ? null : p[.., 1..];
         Tensor? gt = labels is null ? null : SmoothOneHot(labels.to(pooled.device), options.NumClasses, options.Smoothing);
@@ -274,6 +275,7 @@ public static class DenseTargets
         double disagree = blend == GroundTruthBlend.Official ? 0.9 : 0.1;
         var agree = cls.argmax(1).eq(groundTruth.argmax(1)).unsqueeze(1);
         var ratio = torch.where(agree, torch.tensor(0.5, device: cls.device), torch.tensor(disagree, device: cls.device)).to(cls.dtype);
-        return ratio * cls + (1 - ratio) * groundTruth;
+        var rest = Layers.Held.AddInPlace(ratio.neg(), Layers.Held.One); // 1 − r in r's dtype, as (1 - ratio) computed it
+        return Layers.Held.Add(ratio.mul(cls), rest.mul(groundTruth));
     }
 }

@@ -104,6 +104,6 @@ public static class Mixup
     {
         var hot = nn.functional.one_hot(labels.to(ScalarType.Int64), numClasses).to(ScalarType.Float32);
         using Scalar scale = (on - off).ToScalar(), shift = off.ToScalar(); // held for the calls (see Layers.Held)
-        return hot.mul_(scale).add_(shift);
+        return Layers.Held.AddInPlace(hot.mul_(scale), shift);
     }
 }

@@ -124,7 +124,7 @@ public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, 
         if (group.WeightDecay != 0) p.Value.mul_(decay);
         m.mul_(b1).add_(grad, alpha: a1);
         v.mul_(b2).addcmul_(grad, grad, value: a2);
-        var denom = v.sqrt().div_(c2).add_(e); // in place on the fresh sqrt: same arithmetic, one tensor fewer
+        var denom = Layers.Held.AddInPlace(v.sqrt().div_(c2), e); // in place on the fresh sqrt: same arithmetic, one tensor fewer
         p.Value.addcdiv_(m, denom, value: step);
     }
 }
@@ -134,14 +134,16 @@ public sealed class Sgd(IReadOnlyList<OptimGroup> groups, double momentum = 0.9,
 {
     protected override void Update(OptimGroup group, OptimParam p, Tensor grad, Dictionary<string, Tensor> slots)
     {
-        var d = group.WeightDecay != 0 ? grad.add(p.Value, alpha: group.WeightDecay) : grad;
+        // Every scalar is held until the update is done (see Layers.Held).
+        using Scalar decay = group.WeightDecay.ToScalar(), mom = momentum.ToScalar(), damp = (1 - dampening).ToScalar(), step = (-group.Lr).ToScalar();
+        var d = group.WeightDecay != 0 ? grad.add(p.Value, alpha: decay) : grad;
         if (momentum != 0)
         {
             if (!slots.TryGetValue("momentum_buffer", out var buf)) slots["momentum_buffer"] = buf = Keep(d.clone());
-            else buf.mul_(momentum).add_(d, alpha: 1 - dampening);
-            d = nesterov ? d.add(buf, alpha: momentum) : buf;
+            else buf.mul_(mom).add_(d, alpha: damp);
+            d = nesterov ? d.add(buf, alpha: mom) : buf;
         }
-        p.Value.add_(d, alpha: -group.Lr);
+        p.Value.add_(d, alpha: step);
     }
 }
 
@@ -156,7 +158,8 @@ public static class GradClip
         if (list.Count == 0) return 0;
         var total = torch.stack(list.Select(g => g.norm()).ToArray()).norm();
         double norm = total.item<float>();
-        var coef = (maxNorm / (total + 1e-6)).clamp_max(1.0);
+        using Scalar tiny = 1e-6.ToScalar(), max = maxNorm.ToScalar(), one = 1.0.ToScalar(); // held for the calls (see Layers.Held)
+        var coef = Layers.Held.Add(total, tiny).reciprocal_().mul_(max).clamp_max(one);
         foreach (var g in list) g.mul_(coef);
         return norm;
     }

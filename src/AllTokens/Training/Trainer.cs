@@ -373,7 +373,8 @@ public sealed class Trainer : IDisposable
         if (sums[3] == 0) return null;
         if (sums[3] != group.Size)
             throw new InvalidOperationException($"ranks disagree on the batches of epoch {epoch}: {sums[3]} of {group.Size} have batch {batchInEpoch}");
-        loss?.div(groupSize).backward();
+        using (Scalar ranks = groupSize.ToScalar()) // held for the call (see Layers.Held)
+            loss?.div(ranks).backward();
         epochLossSum += sums[0];
         epochCorrect += (long)sums[1];
         epochImages += (long)sums[2];
@@ -622,7 +623,8 @@ public sealed class Trainer : IDisposable
             if (entries[i].IsParameter || !t.is_floating_point()) continue;
             var f = t.to(ScalarType.Float32).cpu().contiguous();
             group.AllReduceSum(f);
-            t.copy_(f.div_(group.Size));
+            using Scalar size = group.Size.ToScalar(); // held for the call (see Layers.Held)
+            t.copy_(f.div_(size));
         }
     }
 
