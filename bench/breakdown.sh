@@ -38,4 +38,7 @@ for m in dict.fromkeys(r["model"] for r in rows):
         print(f"  {name:24s} {fa} {fp}  {ratio}")
     sa, sp = sum(ours.values()), sum(theirs.values())
     print(f"  {'sum of parts':24s} {sa:9.1f} {sp:9.1f}  ×{sp / sa:.2f}")
+    runs = [r for r in rows if r["model"] == m]
+    sums = lambda impl: [sum(p["median_s"] for p in r["breakdown"]) for r in runs if r["impl"] == impl]
+    print("  per round, sum of parts ratio: " + " ".join(f"{p / a:.2f}" for a, p in zip(sums("alltokens"), sums("pytorch"))))
 PY
