@@ -119,7 +119,8 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
         var q = parts[0];
         var k = parts[1];
         var v = parts[2];
-        var attn = attn_drop.call((q * scale).matmul(k.transpose(-2, -1)).softmax(-1)); // [B, 1, N, N]
+        using Scalar scaleScalar = scale.ToScalar(); // held for the call (see Held)
+        var attn = attn_drop.call(q.mul(scaleScalar).matmul(k.transpose(-2, -1)).softmax(-1)); // [B, 1, N, N]
         var y = attn.matmul(v).transpose(1, 2).reshape(b, n, inDim);
         y = proj_drop.call(Dense.Forward(proj, y));
         return scope.MoveToOuter(Held.Add(v.squeeze(1), y));
@@ -204,7 +205,8 @@ public sealed class GhostAttention : nn.Module<Tensor, Tensor>, IAttention
         var qh = Ghost(q, cheap_operation_q);
         var kh = Ghost(k, cheap_operation_k);
         var vh = Ghost(v, cheap_operation_v);
-        var attn = (qh.matmul(kh.transpose(-2, -1)) * scale).softmax(-1);
+        using Scalar scaleScalar = scale.ToScalar(); // held for the call (see Held)
+        var attn = qh.matmul(kh.transpose(-2, -1)).mul(scaleScalar).softmax(-1);
         attention = captureAttention ? attn.detach() : null;
         var y = attn_drop.call(attn).matmul(vh).transpose(1, 2).reshape(b, n, c);
         return proj_drop.call(proj.call(y));

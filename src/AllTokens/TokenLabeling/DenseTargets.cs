@@ -265,8 +265,9 @@ public static class DenseTargets
     public static Tensor SmoothOneHot(Tensor labels, int numClasses, double smoothing)
     {
         double off = smoothing / numClasses, on = 1.0 - smoothing + off;
-        return torch.full(labels.shape[0], numClasses, off, device: labels.device)
-            .scatter_(1, labels.to(ScalarType.Int64).unsqueeze(1), torch.full(labels.shape[0], 1, on, device: labels.device));
+        using Scalar offValue = off.ToScalar(), onValue = on.ToScalar(); // held for the calls (see Layers.Held)
+        return torch.full(labels.shape[0], numClasses, offValue, device: labels.device)
+            .scatter_(1, labels.to(ScalarType.Int64).unsqueeze(1), torch.full(labels.shape[0], 1, onValue, device: labels.device));
     }
 
     /// <summary>y = r·annotator + (1−r)·GT, r = 0.5 when argmaxes agree, else 0.1 (Corrected) or 0.9 (Official).</summary>

@@ -48,7 +48,8 @@ public static class StepBreakdown
             var trainable = model.parameters().Where(p => p.requires_grad).ToList();
             var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)).ToList(), 0.05, 1.0) { Lr = 1e-4 };
             using var opt = new AdamW([group]);
-            var fakeGrads = trainable.Select(p => { var g = torch.randn_like(p).mul_(1e-3); g.DetachFromDisposeScope(); return g; }).ToList();
+            using Scalar small = 1e-3.ToScalar(); // held for the calls (see Layers.Held)
+            var fakeGrads = trainable.Select(p => { var g = torch.randn_like(p).mul_(small); g.DetachFromDisposeScope(); return g; }).ToList();
             runs.Add(("optimizer step", [], () =>
             {
                 for (int i = 0; i < trainable.Count; i++) group.Params[i].Grad = fakeGrads[i];

@@ -1,0 +1,148 @@
+using System.Reflection;
+using System.Reflection.Emit;
+using AllTokens.Layers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Tests.Reliability;
+
+/// <summary>
+/// TorchSharp 0.107 turns a .NET number into a temporary <see cref="Scalar"/> with a finalizer and no keep-alive, and
+/// some of its overloads make one themselves (the alpha = 1 of <c>a + b</c>, <c>add(x)</c>, <c>add_(x)</c>); a garbage
+/// collection from another thread can free it while libtorch still reads it (Layers/Held.cs). This scans the IL of
+/// every method on the training and evaluation paths and fails on any such call, so a new one cannot slip in.
+/// </summary>
+public class HeldScalarTests
+{
+    // Where a step runs: the model, the training loop and its losses, token labeling, data-parallel averaging.
+    private static readonly string[] HotNamespaces =
+        ["AllTokens.Layers", "AllTokens.Models", "AllTokens.Training", "AllTokens.TokenLabeling", "AllTokens.Distributed"];
+
+    // One-off setup before any loader thread runs: weight initialisation. (Constructors are skipped as well.)
+    private static readonly string[] SetupTypes = ["AllTokens.Layers.Init"];
+
+    private static readonly Dictionary<short, OpCode> OpCodesByValue = typeof(OpCodes)
+        .GetFields(BindingFlags.Public | BindingFlags.Static)
+        .Select(f => (OpCode)f.GetValue(null)!)
+        .ToDictionary(o => o.Value);
+
+    /// <summary>Why a call makes a temporary Scalar, or null when it does not.</summary>
+    private static string? Hazard(MethodBase callee)
+    {
+        var declaring = callee.DeclaringType;
+        if (declaring == typeof(Scalar) && callee.Name == "op_Implicit")
+            return "converts a number to a temporary Scalar (hold it: using Scalar s = x.ToScalar())";
+        if (declaring != typeof(Tensor)) return null;
+        var parameters = callee.GetParameters();
+        int arity = parameters.Length;
+        if (callee.Name.StartsWith("op_", StringComparison.Ordinal) && callee.Name is not ("op_Implicit" or "op_Explicit")
+            && parameters.Any(p => p.ParameterType.IsPrimitive))
+            return "an operator on a Tensor and a number makes a temporary Scalar inside TorchSharp (hold it: using Scalar s = x.ToScalar())";
+        return callee.Name switch
+        {
+            "add" or "add_" when arity == 1 => "passes a temporary alpha = 1 (use Held.Add / Held.AddInPlace or pass Held.One)",
+            "op_Addition" => "a + b passes a temporary alpha = 1 (use Held.Add)",
+            "addcdiv" or "addcdiv_" or "addcmul" or "addcmul_" when arity == 2 => "passes a temporary value = 1 (pass a held one)",
+            _ => null,
+        };
+    }
+
+    private static IEnumerable<(MethodBase Caller, MethodBase Callee)> Calls(MethodBase method)
+    {
+        byte[]? il;
+        try
+        {
+            il = method.GetMethodBody()?.GetILAsByteArray();
+        }
+        catch (InvalidOperationException)
+        {
+            yield break;
+        }
+        if (il is null) yield break;
+        int i = 0;
+        while (i < il.Length)
+        {
+            short value = il[i] == 0xFE ? (short)(0xFE00 | il[i + 1]) : il[i];
+            i += il[i] == 0xFE ? 2 : 1;
+            var op = OpCodesByValue[value];
+            if (op.OperandType == OperandType.InlineMethod)
+            {
+                int token = BitConverter.ToInt32(il, i);
+                MethodBase? callee = null;
+                try
+                {
+                    callee = method.Module.ResolveMethod(token,
+                        method.DeclaringType?.IsGenericType == true ? method.DeclaringType.GetGenericArguments() : null,
+                        method.IsGenericMethod ? method.GetGenericArguments() : null);
+                }
+                catch (ArgumentException)
+                {
+                }
+                if (callee is not null) yield return (method, callee);
+            }
+            i += op.OperandType switch
+            {
+                OperandType.InlineNone => 0,
+                OperandType.ShortInlineBrTarget or OperandType.ShortInlineI or OperandType.ShortInlineVar => 1,
+                OperandType.InlineVar => 2,
+                OperandType.InlineI8 or OperandType.InlineR => 8,
+                OperandType.InlineSwitch => 4 + 4 * BitConverter.ToInt32(il, i),
+                _ => 4,
+            };
+        }
+    }
+
+    [Fact]
+    public void TrainingPathsPassNoTemporaryScalars()
+    {
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        var types = typeof(Held).Assembly.GetTypes()
+            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
+            .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
+            .ToList();
+        Assert.Contains(typeof(TokenPerformer), types); // the scan covers the model code
+        var found = new List<string>();
+        int scanned = 0;
+        foreach (var type in types)
+            foreach (var method in type.GetMethods(all).Cast<MethodBase>())
+            {
+                scanned++;
+                foreach (var (caller, callee) in Calls(method))
+                    if (Hazard(callee) is { } why)
+                        found.Add($"{caller.DeclaringType!.FullName}.{caller.Name} calls {callee.DeclaringType!.Name}.{callee.Name}: {why}");
+            }
+        Assert.True(scanned > 200, $"only {scanned} methods scanned");
+        Assert.True(found.Count == 0, string.Join("\n", found.Distinct()));
+    }
+
+    [Fact]
+    public void TheScanSeesEachKindOfTemporary()
+    {
+        // The detector itself: each pattern it must catch, compiled into this test assembly.
+        var method = typeof(HeldScalarTests).GetMethod(nameof(Offender), BindingFlags.NonPublic | BindingFlags.Static)!;
+        var hazards = Calls(method).Select(c => Hazard(c.Callee)).OfType<string>().ToList();
+        Assert.Contains(hazards, h => h.StartsWith("converts a number", StringComparison.Ordinal));
+        Assert.Contains(hazards, h => h.StartsWith("an operator on a Tensor and a number", StringComparison.Ordinal));
+        Assert.Contains(hazards, h => h.StartsWith("a + b", StringComparison.Ordinal));
+        Assert.Contains(hazards, h => h.StartsWith("passes a temporary alpha", StringComparison.Ordinal));
+        Assert.Contains(hazards, h => h.StartsWith("passes a temporary value", StringComparison.Ordinal));
+        var held = typeof(HeldScalarTests).GetMethod(nameof(Clean), BindingFlags.NonPublic | BindingFlags.Static)!;
+        Assert.Empty(Calls(held).Select(c => Hazard(c.Callee)).OfType<string>());
+    }
+
+    private static Tensor Offender(Tensor a, Tensor b)
+    {
+        var c = a * 0.5;
+        var d = a + b;
+        var e = c.add_(d).mul(2.0);
+        return e.addcdiv(a, b);
+    }
+
+    private static Tensor Clean(Tensor a, Tensor b)
+    {
+        using Scalar half = 0.5.ToScalar();
+        var c = a * half;
+        var d = Held.Add(a, b);
+        return c.add_(d, Held.One).addcdiv(a, b, half);
+    }
+}
