@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -29,15 +30,28 @@ public abstract class Optimizer : IDisposable
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
         foreach (var g in Groups)
+        {
+            var ready = new List<OptimParam>(g.Params.Count);
             foreach (var p in g.Params)
             {
                 if (p.Grad is null) continue;
                 if (!SameShape(p.Grad, p.Value))
                     throw new InvalidOperationException($"gradient of {p.Name} has shape [{string.Join(",", p.Grad.shape)}], parameter [{string.Join(",", p.Value.shape)}]");
                 p.Steps++;
-                Update(g, p, p.Grad, SlotsOf(p.Name));
+                ready.Add(p);
             }
+            if (ready.Count > 0) UpdateGroup(g, ready);
+        }
     }
+
+    /// <summary>One group's update (its parameters that have a gradient, steps already counted); by default parameter by parameter.</summary>
+    protected virtual void UpdateGroup(OptimGroup group, List<OptimParam> ready)
+    {
+        foreach (var p in ready) Update(group, p, p.Grad!, SlotsOf(p.Name));
+    }
+
+    /// <summary>A parameter's state (created empty on first use).</summary>
+    protected Dictionary<string, Tensor> Slots(OptimParam p) => SlotsOf(p.Name);
 
     private static bool SameShape(Tensor a, Tensor b)
     {
@@ -101,22 +115,123 @@ public abstract class Optimizer : IDisposable
     {
         foreach (var s in state.Values) foreach (var t in s.Values) t.Dispose();
         state.Clear();
+        DisposeScratch();
         GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Frees tensors a subclass keeps besides the state.</summary>
+    protected virtual void DisposeScratch()
+    {
     }
 }
 
-/// <summary>torch.optim.AdamW (decoupled decay: p ← p·(1 − lr·wd) before the Adam update; no amsgrad).</summary>
-public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8) : Optimizer(groups)
+/// <summary>
+/// torch.optim.AdamW (decoupled decay: p ← p·(1 − lr·wd) before the Adam update; no amsgrad). A group of fp32
+/// parameters on one CPU or CUDA device is updated by libtorch's fused multi-tensor kernel (<c>_fused_adamw_</c>, the
+/// one behind torch.optim.AdamW(fused=True), reached through TorchScript since TorchSharp does not bind it): one pass
+/// over all parameters instead of ~8 small ops per tensor (lvvit_t: 6.3 vs 17.1 ms a step on 2 cores); same formula,
+/// other float rounding. <c>ALLTOKENS_OPTIMIZER=plain</c> (or <see cref="UseFused"/> = false, or <c>fused: false</c>) keeps
+/// the per-parameter path.
+/// </summary>
+public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, bool? fused = null)
+    : Optimizer(groups)
 {
-    protected override void Update(OptimGroup group, OptimParam p, Tensor grad, Dictionary<string, Tensor> slots)
+    public static bool UseFused { get; set; } =
+        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_OPTIMIZER"), "plain", StringComparison.OrdinalIgnoreCase);
+
+    // torch.optim hands the kernel per-parameter step counts as float tensors, already incremented for this step.
+    private const string FusedScript = @"
+def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+          lr: float, beta1: float, beta2: float, weight_decay: float, eps: float):
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                        weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+";
+
+    // Compiled once per process; null where this libtorch lacks the kernel (then every update is per parameter).
+    private static readonly Lazy<torch.jit.CompilationUnit?> Fused = new(() =>
     {
-        double lr = group.Lr;
+        try
+        {
+            return torch.jit.compile(FusedScript);
+        }
+        catch (Exception e) when (e is ExternalException or InvalidOperationException)
+        {
+            return null;
+        }
+    });
+
+    private readonly Dictionary<string, Tensor> stepTensors = new(StringComparer.Ordinal);
+
+    /// <summary>Group updates done by the fused kernel so far (tests check the path is taken).</summary>
+    internal int FusedUpdates { get; private set; }
+
+    protected override void UpdateGroup(OptimGroup group, List<OptimParam> ready)
+    {
+        if (!(fused ?? UseFused) || !FusedApplies(ready) || Fused.Value is not { } unit)
+        {
+            base.UpdateGroup(group, ready);
+            return;
+        }
+        int n = ready.Count;
+        var values = new Tensor[n];
+        var grads = new Tensor[n];
+        var m = new Tensor[n];
+        var v = new Tensor[n];
+        var steps = new Tensor[n];
+        for (int i = 0; i < n; i++)
+        {
+            var p = ready[i];
+            (m[i], v[i]) = Moments(p, Slots(p));
+            values[i] = p.Value;
+            grads[i] = p.Grad!;
+            if (!stepTensors.TryGetValue(p.Name, out var st))
+                stepTensors[p.Name] = st = Keep(torch.zeros(1, ScalarType.Float32, p.Value.device));
+            using Scalar count = ((double)p.Steps).ToScalar(); // held for the call (see Layers.Held)
+            st.fill_(count);
+            steps[i] = st;
+        }
+        // Held scalars: TorchSharp would turn doubles into temporary ones here (see Layers.Held).
+        using Scalar lr = group.Lr.ToScalar(), b1 = beta1.ToScalar(), b2 = beta2.ToScalar(), wd = group.WeightDecay.ToScalar(), e = eps.ToScalar();
+        unit.invoke("adamw", values, grads, m, v, steps, lr, b1, b2, wd, e);
+        FusedUpdates++;
+    }
+
+    /// <summary>fp32, contiguous, one CPU or CUDA device, gradients alike: what the fused kernel takes.</summary>
+    private static bool FusedApplies(List<OptimParam> ready)
+    {
+        var first = ready[0].Value;
+        if (first.device_type is not (DeviceType.CPU or DeviceType.CUDA)) return false;
+        foreach (var p in ready)
+        {
+            var g = p.Grad!;
+            if (p.Value.dtype != ScalarType.Float32 || g.dtype != ScalarType.Float32) return false;
+            if (p.Value.device_type != first.device_type || p.Value.device_index != first.device_index) return false;
+            if (g.device_type != first.device_type || g.device_index != first.device_index) return false;
+            if (!p.Value.is_contiguous() || !g.is_contiguous()) return false;
+        }
+        return true;
+    }
+
+    protected override void DisposeScratch()
+    {
+        foreach (var t in stepTensors.Values) t.Dispose();
+        stepTensors.Clear();
+    }
+
+    private static (Tensor ExpAvg, Tensor ExpAvgSq) Moments(OptimParam p, Dictionary<string, Tensor> slots)
+    {
         if (!slots.TryGetValue("exp_avg", out var m))
         {
             slots["exp_avg"] = m = Keep(torch.zeros_like(p.Value));
             slots["exp_avg_sq"] = Keep(torch.zeros_like(p.Value));
         }
-        var v = slots["exp_avg_sq"];
+        return (m, slots["exp_avg_sq"]);
+    }
+
+    protected override void Update(OptimGroup group, OptimParam p, Tensor grad, Dictionary<string, Tensor> slots)
+    {
+        double lr = group.Lr;
+        var (m, v) = Moments(p, slots);
         double bc1 = 1 - Math.Pow(beta1, p.Steps), bc2 = 1 - Math.Pow(beta2, p.Steps);
         // Every scalar is held until the update is done (see Layers.Held); same values, same arithmetic.
         using Scalar decay = (1 - lr * group.WeightDecay).ToScalar(), b1 = beta1.ToScalar(), a1 = (1 - beta1).ToScalar(),
