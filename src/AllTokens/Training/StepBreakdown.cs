@@ -70,7 +70,7 @@ public static class StepBreakdown
             {
                 foreach (var g in fakeGrads) g.Dispose();
             }
-            return runs.Select((r, i) => new StepPart(r.Name, r.Input, Median(times[i]))).ToList();
+            return runs.Select((r, i) => new StepPart(r.Name, r.Input, TrainBenchmark.Median(times[i]))).ToList();
         }
         finally
         {
@@ -139,11 +139,5 @@ public static class StepBreakdown
             foreach (var r in removers) r.remove();
         }
         return captured;
-    }
-
-    private static double Median(List<double> v)
-    {
-        var s = v.Order().ToList();
-        return s.Count % 2 == 1 ? s[s.Count / 2] : 0.5 * (s[s.Count / 2 - 1] + s[s.Count / 2]);
     }
 }

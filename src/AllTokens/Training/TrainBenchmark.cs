@@ -96,7 +96,8 @@ public static class TrainBenchmark
         };
     }
 
-    private static double Median(List<double> v)
+    /// <summary>The median of a non-empty list (mean of the middle two for an even count).</summary>
+    internal static double Median(List<double> v)
     {
         var s = v.Order().ToList();
         return s.Count % 2 == 1 ? s[s.Count / 2] : 0.5 * (s[s.Count / 2 - 1] + s[s.Count / 2]);
