@@ -154,6 +154,10 @@ public sealed class DataLoaderTests
         foreach (var b in loader.Epoch(0)) { b.Dispose(); break; }
         // Tensor.TotalCount counts live tensor handles on every thread (the per-thread scope statistics do not see tensors
         // made on a worker and disposed on this thread).
+        // Earlier tests' garbage tensors are finalized now, not while this test counts (the finalizer lowers the count).
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
         long liveBefore = torch.Tensor.TotalCount;
         int threadsBefore = System.Diagnostics.Process.GetCurrentProcess().Threads.Count;
         for (int round = 0; round < 5; round++)

@@ -59,7 +59,7 @@ public class KernelPathTests
         using var _ = torch.NewDisposeScope();
         torch.manual_seed(11);
         var image = torch.randn(b, c, h, w);
-        var unfold = nn.Unfold((k, k), stride: (s, s), padding: (p, p));
+        using var unfold = nn.Unfold((k, k), stride: (s, s), padding: (p, p));
 
         var x1 = image.detach().requires_grad_(true);
         var t1 = unfold.call(x1).transpose(1, 2);
@@ -84,9 +84,9 @@ public class KernelPathTests
         // bf16 inputs; its output must stay what bf16 rounding allows of the fp32 layer's, forward and backward.
         using var _ = torch.NewDisposeScope();
         torch.manual_seed(5);
-        var fp32 = new TokenPerformer(147, 64);
+        using var fp32 = new TokenPerformer(147, 64);
         fp32.eval();
-        var bf16 = new TokenPerformer(147, 64);
+        using var bf16 = new TokenPerformer(147, 64);
         bf16.load_state_dict(fp32.state_dict());
         bf16.to(ScalarType.BFloat16);
         bf16.eval();

@@ -80,6 +80,9 @@ public sealed class MemoryTests : IDisposable
                     if (p.Epoch >= WarmupEpochs - 1) Sample(p.GlobalStep);
                 }
             }));
+        GC.Collect(); // earlier tests' garbage tensors are finalized now, not between this run's counts
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
         var result = trainer.Run(cancel: TestContext.Current.CancellationToken);
 
         Assert.Equal(Steps, result.GlobalStep);

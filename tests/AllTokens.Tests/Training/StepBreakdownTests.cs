@@ -12,6 +12,7 @@ public class StepBreakdownTests
     [Fact]
     public void TimesEveryTopLevelPartOnTheInputItGetsInTheModel()
     {
+        using var scope = torch.NewDisposeScope();
         torch.manual_seed(0);
         using var model = ModelRegistry.Create("t2t_vit_nano", new ModelOptions(10, 32));
         var before = model.parameters().Select(p => p.detach().clone()).ToList();
