@@ -43,8 +43,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     /// Use libtorch's fused scaled_dot_product_attention when the probabilities are not wanted (default). Same maths
     /// as the explicit path within float rounding; <c>ALLTOKENS_ATTENTION=explicit</c> turns it off for comparisons.
     /// </summary>
-    public static bool UseFused { get; set; } =
-        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_ATTENTION"), "explicit", StringComparison.OrdinalIgnoreCase);
+    public static bool UseFused { get; set; } = SpeedSwitch.On("ALLTOKENS_ATTENTION", "explicit");
 
     public Linear Qkv => qkv;
     public Linear Proj => proj;

@@ -15,8 +15,7 @@ namespace AllTokens.Layers;
 /// </summary>
 public static class Dense
 {
-    public static bool UseConvKernel { get; set; } =
-        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_LINEAR"), "plain", StringComparison.OrdinalIgnoreCase);
+    public static bool UseConvKernel { get; set; } = SpeedSwitch.On("ALLTOKENS_LINEAR", "plain");
 
     /// <summary>Token rows below which the plain GEMM is kept (a head on [B, D], say).</summary>
     public const long MinRows = 64;

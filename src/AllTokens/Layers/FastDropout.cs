@@ -16,8 +16,7 @@ namespace AllTokens.Layers;
 /// </summary>
 public static class FastDropout
 {
-    public static bool Enabled { get; set; } =
-        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_DROPOUT"), "torch", StringComparison.OrdinalIgnoreCase);
+    public static bool Enabled { get; set; } = SpeedSwitch.On("ALLTOKENS_DROPOUT", "torch");
 
     private const int Chunk = 1 << 16;
 

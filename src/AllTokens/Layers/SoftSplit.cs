@@ -13,8 +13,7 @@ namespace AllTokens.Layers;
 /// </summary>
 public static class SoftSplit
 {
-    public static bool Strided { get; set; } =
-        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_SOFT_SPLIT"), "unfold", StringComparison.OrdinalIgnoreCase);
+    public static bool Strided { get; set; } = SpeedSwitch.On("ALLTOKENS_SOFT_SPLIT", "unfold");
 
     /// <summary>Image [B, C, H, W] → tokens [B, L, C·k²], L = output rows × output columns.</summary>
     public static Tensor FromImage(Tensor image, int kernel, int stride, int padding)

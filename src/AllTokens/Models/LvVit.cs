@@ -63,7 +63,7 @@ public sealed class PatchEmbed4_2 : nn.Module<Tensor, Tensor>
     /// projection's output is then already laid out as tokens [B, H·W, D]. Same maths, other float rounding;
     /// <c>ALLTOKENS_CHANNELS_LAST=0</c> turns it off for comparisons.
     /// </summary>
-    public static bool ChannelsLast { get; set; } = Environment.GetEnvironmentVariable("ALLTOKENS_CHANNELS_LAST") != "0";
+    public static bool ChannelsLast { get; set; } = SpeedSwitch.On("ALLTOKENS_CHANNELS_LAST", "0");
 
     public override Tensor forward(Tensor x) => Forward(x, ChannelsLast);
 

@@ -136,8 +136,7 @@ public abstract class Optimizer : IDisposable
 public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, bool? fused = null)
     : Optimizer(groups)
 {
-    public static bool UseFused { get; set; } =
-        !string.Equals(Environment.GetEnvironmentVariable("ALLTOKENS_OPTIMIZER"), "plain", StringComparison.OrdinalIgnoreCase);
+    public static bool UseFused { get; set; } = Layers.SpeedSwitch.On("ALLTOKENS_OPTIMIZER", "plain");
 
     // torch.optim hands the kernel per-parameter step counts as float tensors, already incremented for this step.
     private const string FusedScript = @"
