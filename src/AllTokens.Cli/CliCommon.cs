@@ -46,18 +46,20 @@ public static class CliCommon
 
     public static EvalTransformOptions EvalOptionsFor(ParsedArgs a, Models.PretrainedDefaults defaults, int imgSize)
     {
-        string interp = a.String("interpolation") ?? defaults.Interpolation;
         return new EvalTransformOptions(
             ImgSize: imgSize,
             CropPct: a.Double("crop-pct", 0, 1.0, minExclusive: true) ?? defaults.CropPct,
-            Interpolation: interp switch
-            {
-                "bicubic" => Interpolation.Bicubic,
-                "bilinear" => Interpolation.Bilinear,
-                _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{interp}'"),
-            },
+            Interpolation: ParseInterpolation(a.String("interpolation") ?? defaults.Interpolation),
             Mean: defaults.Mean, Std: defaults.Std);
     }
+
+    /// <summary>An eval resize filter by name (--interpolation, a model's default, the weights' preprocessing).</summary>
+    public static Interpolation ParseInterpolation(string name) => name switch
+    {
+        "bicubic" => Interpolation.Bicubic,
+        "bilinear" => Interpolation.Bilinear,
+        _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{name}'"),
+    };
 
     public static OptionSpec CropPctOption => new("crop-pct", "P", "resize the shorter side to floor(R/P), then centre-crop R (default: the model's)");
     public static OptionSpec InterpolationOption => new("interpolation", "I", "bicubic or bilinear resize (default: the model's)");

@@ -69,7 +69,7 @@ public static class LabelVerb
         var pre = CliCommon.PreprocessingFor(loaded, io);
         // crop_pct 1.0 (the whole image is labelled, as the official label generation); mean/std from the weights.
         var transform = new EvalTransform(new EvalTransformOptions(model.Options.ImgSize, CropPct: 1.0,
-            Interpolation: pre.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic,
+            Interpolation: CliCommon.ParseInterpolation(pre.Interpolation),
             Mean: pre.Mean, Std: pre.Std));
         model.to(device);
         var annotator = new Annotator(model);
