@@ -158,12 +158,12 @@ public static class DataParallel
         if (group.Size == 1) return;
         using var _ = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
+        using Scalar size = group.Size.ToScalar(); // held for the calls (see Layers.Held)
         foreach (var (_, b) in module.named_buffers())
         {
             if (!b.is_floating_point()) continue;
             var f = b.to(ScalarType.Float32).cpu().contiguous();
             group.AllReduceSum(f);
-            using Scalar size = group.Size.ToScalar(); // held for the call (see Layers.Held)
             f.div_(size);
             b.copy_(f);
         }

@@ -37,6 +37,7 @@ public sealed class ModelEma : IDisposable
         if (source.Count != state.Count) throw new ArgumentException($"EMA holds {state.Count} tensors, update has {source.Count}");
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
+        using Scalar d = Decay.ToScalar(), a = (1 - Decay).ToScalar(); // held for the calls (see Layers.Held)
         for (int i = 0; i < state.Count; i++)
         {
             var (name, e) = state[i];
@@ -47,7 +48,6 @@ public sealed class ModelEma : IDisposable
                 e.copy_(m);
                 continue;
             }
-            using Scalar d = Decay.ToScalar(), a = (1 - Decay).ToScalar(); // held for the calls (see Layers.Held)
             e.mul_(d).add_(m.to(ScalarType.Float32), alpha: a);
         }
     }

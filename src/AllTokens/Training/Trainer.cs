@@ -617,13 +617,13 @@ public sealed class Trainer : IDisposable
         if (ema is null) return;
         using var scope = torch.NewDisposeScope();
         using var noGrad = torch.no_grad();
+        using Scalar size = group.Size.ToScalar(); // held for the calls (see Layers.Held)
         for (int i = 0; i < entries.Count; i++)
         {
             var t = ema.State[i].Value;
             if (entries[i].IsParameter || !t.is_floating_point()) continue;
             var f = t.to(ScalarType.Float32).cpu().contiguous();
             group.AllReduceSum(f);
-            using Scalar size = group.Size.ToScalar(); // held for the call (see Layers.Held)
             t.copy_(f.div_(size));
         }
     }
