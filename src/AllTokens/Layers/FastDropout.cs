@@ -47,11 +47,11 @@ public static class FastDropout
         {
             nint ptr = (nint)start;
             if (dtype == ScalarType.Float32)
-                Parallel.For(0, chunks, c => FillFloat((float*)ptr, c * (long)Chunk, Math.Min(n, (c + 1L) * Chunk), seed, threshold, scale));
+                Parallel.For(0, chunks, c => Fill((float*)ptr, c * (long)Chunk, Math.Min(n, (c + 1L) * Chunk), seed, threshold, scale));
             else
             {
-                ushort bits = BFloat16Bits(scale);
-                Parallel.For(0, chunks, c => FillBf16((ushort*)ptr, c * (long)Chunk, Math.Min(n, (c + 1L) * Chunk), seed, threshold, bits));
+                ushort bits = BFloat16Bits(scale); // bf16 elements as their 16-bit patterns
+                Parallel.For(0, chunks, c => Fill((ushort*)ptr, c * (long)Chunk, Math.Min(n, (c + 1L) * Chunk), seed, threshold, bits));
             }
         }
         return mask;
@@ -66,14 +66,10 @@ public static class FastDropout
         return z ^ (z >> 31);
     }
 
-    private static unsafe void FillFloat(float* dst, long from, long to, ulong seed, ulong threshold, float scale)
+    /// <summary>Elements [from, to): <paramref name="scale"/> when kept, else zero (all-zero bits in fp32 and bf16 alike).</summary>
+    private static unsafe void Fill<T>(T* dst, long from, long to, ulong seed, ulong threshold, T scale) where T : unmanaged
     {
-        for (long i = from; i < to; i++) dst[i] = (Hash(seed, i) >> 32) >= threshold ? scale : 0f;
-    }
-
-    private static unsafe void FillBf16(ushort* dst, long from, long to, ulong seed, ulong threshold, ushort scale)
-    {
-        for (long i = from; i < to; i++) dst[i] = (Hash(seed, i) >> 32) >= threshold ? scale : (ushort)0;
+        for (long i = from; i < to; i++) dst[i] = (Hash(seed, i) >> 32) >= threshold ? scale : default;
     }
 
     /// <summary>The bf16 bit pattern of <paramref name="v"/>, rounded to nearest even (as torch's conversion).</summary>

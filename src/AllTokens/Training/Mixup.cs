@@ -97,7 +97,7 @@ public static class Mixup
         if (lambda == 1.0) return y1;
         var y2 = OneHot(labels.flip(0), numClasses, on, off);
         using Scalar lam = lambda.ToScalar(), rest = (1.0 - lambda).ToScalar(); // held for the calls (see Layers.Held)
-        return y1.mul(lam).add(y2.mul(rest), Layers.Held.One);
+        return Layers.Held.Add(y1.mul(lam), y2.mul(rest));
     }
 
     private static Tensor OneHot(Tensor labels, int numClasses, double on, double off)

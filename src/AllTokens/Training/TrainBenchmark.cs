@@ -27,13 +27,15 @@ public static class TrainBenchmark
         var masters = new List<(Tensor Model, Tensor Master)>();
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (bf16)
+        {
             foreach (var (_, p) in trainable)
             {
                 var m = p.detach().to(ScalarType.Float32, copy: true);
                 m.DetachFromDisposeScope();
                 masters.Add((p, m));
             }
-        if (bf16) model.to(dtype);
+            model.to(dtype);
+        }
         var live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
         var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(p.name, bf16 ? masters[i].Master : live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
         using var opt = new AdamW([group]);
