@@ -96,6 +96,13 @@ public static class StepBreakdown
         int batch, int resolution, Device dev)
     {
         var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        void Capture(string key, Tensor input)
+        {
+            if (captured.ContainsKey(key)) return;
+            var copy = input.detach().clone();
+            copy.DetachFromDisposeScope();
+            captured[key] = copy;
+        }
         var removers = new List<nn.HookableModule<Func<nn.Module<Tensor, Tensor>, Tensor, Tensor>, Func<nn.Module<Tensor, Tensor>, Tensor, Tensor, Tensor>>.HookRemover>();
         try
         {
@@ -104,12 +111,7 @@ public static class StepBreakdown
                 string key = name;
                 removers.Add(module.register_forward_pre_hook((_, input) =>
                 {
-                    if (!captured.ContainsKey(key))
-                    {
-                        var copy = input.detach().clone();
-                        copy.DetachFromDisposeScope();
-                        captured[key] = copy;
-                    }
+                    Capture(key, input);
                     return input;
                 }));
             }
@@ -117,12 +119,7 @@ public static class StepBreakdown
             var byModule = parts.ToDictionary(p => (object)p.Module, p => p.Name, ReferenceEqualityComparer.Instance);
             Dense.Probe = (linear, input) =>
             {
-                if (byModule.TryGetValue(linear, out var key) && !captured.ContainsKey(key))
-                {
-                    var copy = input.detach().clone();
-                    copy.DetachFromDisposeScope();
-                    captured[key] = copy;
-                }
+                if (byModule.TryGetValue(linear, out var key)) Capture(key, input);
             };
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
