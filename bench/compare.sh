@@ -27,10 +27,13 @@ for m in sorted({r["model"] for r in rows}):
     at, pt = med("alltokens", "train_images_per_s"), med("pytorch", "train_images_per_s")
     ai, pi = med("alltokens", "infer_images_per_s"), med("pytorch", "infer_images_per_s")
     am, pm = med("alltokens", "peak_rss_mb"), med("pytorch", "peak_rss_mb")
+    def faults(impl):
+        v = [r["page_faults_per_step"] for r in rows if r["model"] == m and r["impl"] == impl and r.get("page_faults_per_step") is not None]
+        return f"{statistics.median(v) / 1000:.1f} k" if v else "?"
     ours = [r for r in rows if r["model"] == m and r["impl"] == "alltokens"]
     theirs = [r for r in rows if r["model"] == m and r["impl"] == "pytorch"]
     per_round = " ".join(f"{a['train_images_per_s'] / p['train_images_per_s']:.2f}/{a['infer_images_per_s'] / p['infer_images_per_s']:.2f}"
                          for a, p in zip(ours, theirs))
     print(f"{m}: train {at:.2f} vs {pt:.2f} img/s (×{at/pt:.2f}); inference {ai:.2f} vs {pi:.2f} img/s (×{ai/pi:.2f}); peak RSS {am:.0f} vs {pm:.0f} MiB"
-          f"; per round train/inference ratio: {per_round}")
+          f"; page faults per train step {faults('alltokens')} vs {faults('pytorch')}; per round train/inference ratio: {per_round}")
 PY

@@ -218,10 +218,13 @@ def main():
     model.train()
     times = []
     for i in range(a.warmup + a.steps):
+        if i == a.warmup:
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         train_step()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / a.steps
     model.eval()
     infer = []
     with torch.no_grad():
@@ -236,6 +239,7 @@ def main():
         "impl": "pytorch", "version": torch.__version__, "model": a.model, "res": a.res, "batch": a.batch, "threads": a.threads,
         "train_images_per_s": a.batch / med, "infer_images_per_s": a.batch / imed, "median_step_s": med,
         "median_infer_s": imed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "page_faults_per_step": faults,
         **({"breakdown": parts} if parts is not None else {}),
     }))
 

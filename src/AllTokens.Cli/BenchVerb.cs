@@ -137,14 +137,16 @@ public static class BenchVerb
                 median_step_s = r.MedianTrainStepSeconds,
                 median_infer_s = r.MedianInferStepSeconds,
                 peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
+                page_faults_per_step = r.PageFaultsPerStep >= 0 ? r.PageFaultsPerStep : (double?)null,
                 breakdown = parts?.Select(p => new { part = p.Name, input = p.Input, median_s = p.MedianSeconds }).ToArray(),
             }, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
         }
         else
         {
+            string faults = r.PageFaultsPerStep >= 0 ? string.Create(CultureInfo.InvariantCulture, $", {r.PageFaultsPerStep:F0} page faults per train step") : "";
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: train {r.TrainImagesPerSecond:F1} img/s (median step {r.MedianTrainStepSeconds * 1000:F0} ms), " +
-                $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB"));
+                $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB") + faults);
             if (parts is not null) WriteBreakdown(io, parts, r.MedianTrainStepSeconds);
         }
         return 0;

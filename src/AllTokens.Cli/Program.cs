@@ -9,6 +9,7 @@ public static class Program
     public static int Main(string[] args)
     {
         NativeEnvironment.ConfigureOpenMp();
+        NativeEnvironment.ConfigureAllocator();
         return Run(args, Console.Out, Console.Error);
     }
 

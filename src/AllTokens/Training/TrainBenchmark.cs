@@ -8,8 +8,10 @@ namespace AllTokens.Training;
 
 /// <summary>Throughput figures of <see cref="TrainBenchmark"/>.</summary>
 /// <param name="PeakRssBytes">VmHWM of this process (Linux), or 0 where /proc is missing.</param>
+/// <param name="PageFaultsPerStep">Minor page faults of the whole process per timed train step (fresh memory the kernel
+/// mapped and zero-filled; see <see cref="NativeEnvironment.ConfigureAllocator"/>), or -1 where /proc is missing.</param>
 public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferImagesPerSecond, double MedianTrainStepSeconds,
-    double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16);
+    double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16, double PageFaultsPerStep = -1);
 
 /// <summary>
 /// Synthetic-data throughput: a train step is forward + loss + backward + AdamW step through the given task; inference
@@ -43,11 +45,13 @@ public static class TrainBenchmark
         int classes = Math.Max(1, model.NumClasses);
         var trainTimes = new List<double>();
         var inferTimes = new List<double>();
+        long faultsAtWarmupEnd = -1, faultsAtTrainEnd = -1;
         try
         {
             model.train();
             for (int s = 0; s < warmup + steps; s++)
             {
+                if (s == warmup) faultsAtWarmupEnd = MinorFaults();
                 using var scope = torch.NewDisposeScope();
                 var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
                 var sw = Stopwatch.StartNew();
@@ -66,6 +70,7 @@ public static class TrainBenchmark
                 _ = output.Loss.item<float>();
                 if (s >= warmup) trainTimes.Add(sw.Elapsed.TotalSeconds);
             }
+            faultsAtTrainEnd = MinorFaults();
             model.eval();
             using (torch.no_grad())
                 for (int s = 0; s < warmup + steps; s++)
@@ -84,7 +89,8 @@ public static class TrainBenchmark
             model.train();
         }
         double trainMed = Median(trainTimes), inferMed = Median(inferTimes);
-        return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16);
+        double faults = faultsAtWarmupEnd >= 0 && faultsAtTrainEnd >= 0 ? (faultsAtTrainEnd - faultsAtWarmupEnd) / (double)steps : -1;
+        return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16, faults);
     }
 
     private static Batch SyntheticBatch(int batch, int res, int classes, Rng gen, ScalarType dtype, Device dev)
@@ -103,6 +109,17 @@ public static class TrainBenchmark
     {
         var s = v.Order().ToList();
         return s.Count % 2 == 1 ? s[s.Count / 2] : 0.5 * (s[s.Count / 2 - 1] + s[s.Count / 2]);
+    }
+
+    /// <summary>Minor page faults of this process so far (field 10 of /proc/self/stat), or -1 where it is missing.</summary>
+    public static long MinorFaults()
+    {
+        const string file = "/proc/self/stat";
+        if (!File.Exists(file)) return -1;
+        var stat = File.ReadAllText(file);
+        int close = stat.LastIndexOf(')'); // the command name may contain spaces and parentheses
+        var fields = stat[(close + 2)..].Split(' '); // fields[0] is field 3 (state)
+        return fields.Length > 7 && long.TryParse(fields[7], NumberStyles.Integer, CultureInfo.InvariantCulture, out long v) ? v : -1;
     }
 
     /// <summary>Peak resident set size from /proc/self/status (VmHWM), in bytes; 0 when unavailable.</summary>
