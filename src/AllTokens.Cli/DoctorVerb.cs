@@ -29,6 +29,8 @@ public static class DoctorVerb
             report["libtorch"] = x.sum().item<float>() == 15f ? "ok" : "wrong result";
         }
         report["threads"] = torch.get_num_threads();
+        // NativeEnvironment.ConfigureAllocator ran at start (Program.Main); in-process callers of Run see the host's setting.
+        report["malloc"] = NativeEnvironment.AllocatorConfigured ? "heap kept between steps" : "glibc defaults";
         report["cuda"] = torch.cuda.is_available();
         report["fonts"] = Drawing.Typeface is null ? "none (pictures without text; install fonts-dejavu-core)" : Drawing.Typeface.FamilyName;
         report["fashion_mnist"] = File.Exists(Path.Combine(FashionMnistDir, "train-images-idx3-ubyte.gz"))
