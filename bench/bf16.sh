@@ -2,14 +2,11 @@
 # bf16 (--bf16: bf16 compute, fp32 master weights and optimizer) vs fp32 train/inference throughput of our bench,
 # alternating the two so that machine load drifts hit both alike; prints each pair and the median ratios.
 # usage: bench/bf16.sh [MODEL...]   (default: lvvit_t t2t_vit_7)
-# env: THREADS (2), BATCH (8), STEPS (6), WARMUP (2), ROUNDS (3), TASK (ce)
+# env: THREADS (2), BATCH (8), STEPS (6), WARMUP (2), ROUNDS (3), TASK (ce), OUT_JSONL (keep the raw JSON lines)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} STEPS=${STEPS:-6} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3} TASK=${TASK:-ce}
 grep -qw avx512_bf16 /proc/cpuinfo || echo "bf16.sh: this CPU lacks avx512_bf16; bf16 will be emulated and slow" >&2
-models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
-./alltokens models >/dev/null
-out=$(mktemp); trap 'rm -f "$out"' EXIT
+source "$(dirname "$0")/common.sh"
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     for flag in "" --bf16; do

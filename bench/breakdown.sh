@@ -4,11 +4,8 @@
 # usage: bench/breakdown.sh [MODEL...]   (default: lvvit_t t2t_vit_7)
 # env: THREADS (2), BATCH (8), RES (224), STEPS (8), WARMUP (2), ROUNDS (3), OUT_JSONL (keep the raw JSON lines)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3}
-models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
-./alltokens models >/dev/null   # build once, outside the timings
-out=${OUT_JSONL:-$(mktemp)}; [[ -n ${OUT_JSONL:-} ]] || trap 'rm -f "$out"' EXIT
+source "$(dirname "$0")/common.sh"
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     # Cross-entropy on both sides, so the parts (not the loss) are what differs.

@@ -5,11 +5,8 @@
 #      OUT_JSONL (keep the raw JSON lines in this file)
 # Needs Debian's python3-torch (and libopenblas0-openmp for OpenBLAS); prints one line per round and the median ratios.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto}
-models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
-./alltokens models >/dev/null   # build once, outside the timings
-out=${OUT_JSONL:-$(mktemp)}; [[ -n ${OUT_JSONL:-} ]] || trap 'rm -f "$out"' EXIT
+source "$(dirname "$0")/common.sh"
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"

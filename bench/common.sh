@@ -1,0 +1,14 @@
+# Shared start of the bench/*.sh scripts (sourced, not run): repository root as the working folder, the models
+# from the arguments (default lvvit_t t2t_vit_7), the CLI built once outside the timings, and $out, the file the
+# rounds' JSON lines go to: OUT_JSONL when set (emptied first, so an earlier run's lines never enter this run's
+# medians), else a temporary file removed on exit.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+models=("$@"); [[ ${#models[@]} -eq 0 ]] && models=(lvvit_t t2t_vit_7)
+./alltokens models >/dev/null
+if [[ -n ${OUT_JSONL:-} ]]; then
+  out=$OUT_JSONL
+  : >"$out"
+else
+  out=$(mktemp)
+  trap 'rm -f "$out"' EXIT
+fi
