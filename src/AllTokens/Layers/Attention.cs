@@ -66,8 +66,12 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         {
             // SDPA scales by head_dim^-0.5 itself; fold any other scale into q.
             double hd = c / NumHeads, extra = Scale * Math.Sqrt(hd);
-            using var extraScalar = extra.ToScalar(); // held for the call (see Held)
-            var qs = Math.Abs(extra - 1.0) < 1e-12 ? q : q.mul(extraScalar);
+            var qs = q;
+            if (Math.Abs(extra - 1.0) >= 1e-12)
+            {
+                using var extraScalar = extra.ToScalar(); // held for the call (see Held)
+                qs = q.mul(extraScalar);
+            }
             double p = training ? attn_drop.p : 0.0;
             var fused = nn.functional.scaled_dot_product_attention(qs, k, v, p: p).transpose(1, 2).reshape(b, n, c);
             attention = null;
