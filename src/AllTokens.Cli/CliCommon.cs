@@ -54,12 +54,17 @@ public static class CliCommon
     }
 
     /// <summary>An eval resize filter by name (--interpolation, a model's default, the weights' preprocessing).</summary>
-    public static Interpolation ParseInterpolation(string name) => name switch
+    public static Interpolation ParseInterpolation(string name)
     {
-        "bicubic" => Interpolation.Bicubic,
-        "bilinear" => Interpolation.Bilinear,
-        _ => throw new UsageException($"--interpolation must be bicubic or bilinear, got '{name}'"),
-    };
+        try
+        {
+            return EvalInterpolation.Parse(name);
+        }
+        catch (ArgumentException)
+        {
+            throw new UsageException($"--interpolation must be bicubic or bilinear, got '{name}'");
+        }
+    }
 
     public static OptionSpec CropPctOption => new("crop-pct", "P", "resize the shorter side to floor(R/P), then centre-crop R (default: the model's)");
     public static OptionSpec InterpolationOption => new("interpolation", "I", "bicubic or bilinear resize (default: the model's)");

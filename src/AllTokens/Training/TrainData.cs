@@ -51,11 +51,12 @@ public static class TrainData
         if (trainLoader.BatchesPerEpoch == 0)
             throw new ArgumentException($"{train.Source}: {train.Count} images make no full batch of {trainLoader.Options.GlobalBatchSize}" +
                                         (world > 1 ? $" ({world} ranks × {config.BatchSize})" : "") + "; lower batch_size");
+        var evalInterpolation = EvalInterpolation.Parse(defaults.Interpolation); // also what the weights record for eval/predict
         DataLoader? valLoader = null;
         if (val is not null)
         {
             var evalOptions = new EvalTransformOptions(imgSize, config.CropPct ?? defaults.CropPct,
-                defaults.Interpolation == "bilinear" ? Interpolation.Bilinear : Interpolation.Bicubic, mean, std);
+                evalInterpolation, mean, std);
             valLoader = new DataLoader(val, new EvalSampleTransform(new EvalTransform(evalOptions)),
                 new LoaderOptions(config.ValBatchSize ?? config.BatchSize * 2, config.Workers, Shuffle: false, DropLast: false,
                     StrictData: config.StrictData, Rank: rank, WorldSize: world));
@@ -65,10 +66,9 @@ public static class TrainData
             trainLoader.Skipped += s => warn($"warning: skipped {s.Key} (epoch {s.Epoch}): {s.Message}");
             if (valLoader is not null) valLoader.Skipped += s => warn($"warning: skipped {s.Key} (validation): {s.Message}");
         }
-        string interp = defaults.Interpolation == "bilinear" ? "bilinear" : "bicubic";
         return new TrainDataSources(trainLoader, valLoader, train.ClassNames)
         {
-            Preprocessing = new Checkpoints.Preprocessing(mean, std, config.CropPct ?? defaults.CropPct, interp),
+            Preprocessing = new Checkpoints.Preprocessing(mean, std, config.CropPct ?? defaults.CropPct, defaults.Interpolation),
         };
     }
 

@@ -110,4 +110,13 @@ public class EvalTransformTests
         Assert.Throws<ArgumentException>(() => new EvalTransform(new EvalTransformOptions(Mean: [0.5f])));
         Assert.Throws<ArgumentException>(() => new EvalTransform(new EvalTransformOptions(Std: [1f, 0f, 1f])));
     }
+
+    [Fact]
+    public void EvalInterpolationNamesAreTimms()
+    {
+        Assert.Equal(Interpolation.Bicubic, EvalInterpolation.Parse("bicubic"));
+        Assert.Equal(Interpolation.Bilinear, EvalInterpolation.Parse("bilinear"));
+        Assert.Throws<ArgumentException>(() => EvalInterpolation.Parse("nearest"));
+        Assert.Throws<ArgumentException>(() => EvalInterpolation.Parse("Bicubic"));
+    }
 }
