@@ -8,19 +8,11 @@ namespace AllTokens.Data;
 /// </summary>
 public sealed class SeededRandom
 {
-    private ulong s0, s1, s2, s3;
+    private Xoshiro256 state;
     private double? spareGaussian;
 
     /// <summary>A generator seeded from a single 64-bit value.</summary>
-    public SeededRandom(ulong seed)
-    {
-        ulong x = seed;
-        s0 = SplitMix64(ref x);
-        s1 = SplitMix64(ref x);
-        s2 = SplitMix64(ref x);
-        s3 = SplitMix64(ref x);
-        if ((s0 | s1 | s2 | s3) == 0) s0 = 1; // xoshiro's state must not be all zero
-    }
+    public SeededRandom(ulong seed) => state = Xoshiro256.Seeded(seed);
 
     /// <summary>The stream of sample <paramref name="index"/> in <paramref name="epoch"/> under <paramref name="seed"/>.</summary>
     public static SeededRandom ForSample(long seed, int epoch, long index) => new(Derive(seed, epoch, index, 0x5A17));
@@ -29,39 +21,20 @@ public sealed class SeededRandom
     public static ulong Derive(long seed, long a, long b, long salt)
     {
         ulong x = (ulong)seed;
-        ulong h = SplitMix64(ref x);
+        ulong h = Xoshiro256.SplitMix64(ref x);
         x = h ^ ((ulong)salt * 0xD6E8FEB86659FD93UL);
-        h = SplitMix64(ref x);
+        h = Xoshiro256.SplitMix64(ref x);
         x = h ^ ((ulong)a * 0x9E3779B97F4A7C15UL);
-        h = SplitMix64(ref x);
+        h = Xoshiro256.SplitMix64(ref x);
         x = h ^ ((ulong)b * 0xC2B2AE3D27D4EB4FUL);
-        return SplitMix64(ref x);
-    }
-
-    private static ulong SplitMix64(ref ulong x)
-    {
-        ulong z = x += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
+        return Xoshiro256.SplitMix64(ref x);
     }
 
     /// <summary>The next 64 random bits.</summary>
-    public ulong NextUInt64()
-    {
-        ulong result = ulong.RotateLeft(s1 * 5, 7) * 9;
-        ulong t = s1 << 17;
-        s2 ^= s0;
-        s3 ^= s1;
-        s1 ^= s2;
-        s0 ^= s3;
-        s2 ^= t;
-        s3 = ulong.RotateLeft(s3, 45);
-        return result;
-    }
+    public ulong NextUInt64() => state.Next();
 
     /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
-    public double NextDouble() => (NextUInt64() >> 11) * (1.0 / (1UL << 53));
+    public double NextDouble() => state.NextDouble();
 
     /// <summary>Uniform in [<paramref name="lo"/>, <paramref name="hi"/>) (Python's <c>random.uniform</c>).</summary>
     public double Uniform(double lo, double hi) => lo + (hi - lo) * NextDouble();

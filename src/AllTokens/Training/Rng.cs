@@ -1,49 +1,25 @@
 using System.Globalization;
+using AllTokens.Data;
 
 namespace AllTokens.Training;
 
 /// <summary>
 /// A small seeded generator whose whole state is four 64-bit words, so it can be saved in a checkpoint and restored
-/// exactly (System.Random cannot). xoshiro256** (Blackman and Vigna), seeded through SplitMix64.
+/// exactly (System.Random cannot). xoshiro256** (Blackman and Vigna), seeded through SplitMix64 (<see cref="Xoshiro256"/>,
+/// shared with the loader's <see cref="SeededRandom"/>).
 /// </summary>
 public sealed class Rng
 {
-    private ulong s0, s1, s2, s3;
+    private Xoshiro256 state;
 
     /// <summary>A generator seeded with <paramref name="seed"/>.</summary>
-    public Rng(ulong seed)
-    {
-        ulong x = seed;
-        s0 = SplitMix(ref x);
-        s1 = SplitMix(ref x);
-        s2 = SplitMix(ref x);
-        s3 = SplitMix(ref x);
-    }
-
-    private static ulong SplitMix(ref ulong x)
-    {
-        ulong z = x += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
+    public Rng(ulong seed) => state = Xoshiro256.Seeded(seed);
 
     /// <summary>Next 64 random bits.</summary>
-    public ulong NextUInt64()
-    {
-        ulong result = ulong.RotateLeft(s1 * 5, 7) * 9;
-        ulong t = s1 << 17;
-        s2 ^= s0;
-        s3 ^= s1;
-        s1 ^= s2;
-        s0 ^= s3;
-        s2 ^= t;
-        s3 = ulong.RotateLeft(s3, 45);
-        return result;
-    }
+    public ulong NextUInt64() => state.Next();
 
     /// <summary>Uniform in [0, 1) with 53 random bits.</summary>
-    public double NextDouble() => (NextUInt64() >> 11) * (1.0 / (1UL << 53));
+    public double NextDouble() => state.NextDouble();
 
     /// <summary>Uniform integer in [<paramref name="low"/>, <paramref name="high"/>) (numpy's randint bounds).</summary>
     public int NextInt(int low, int high)
@@ -92,7 +68,7 @@ public sealed class Rng
     }
 
     /// <summary>The state as text (four hex words), for checkpoints.</summary>
-    public string SaveState() => string.Create(CultureInfo.InvariantCulture, $"{s0:x16}:{s1:x16}:{s2:x16}:{s3:x16}");
+    public string SaveState() => string.Create(CultureInfo.InvariantCulture, $"{state.S0:x16}:{state.S1:x16}:{state.S2:x16}:{state.S3:x16}");
 
     /// <summary>Restores what <see cref="SaveState"/> returned.</summary>
     public void LoadState(string state)
@@ -102,6 +78,6 @@ public sealed class Rng
             throw new FormatException($"malformed generator state '{state}'");
         var w = parts.Select(p => ulong.Parse(p, NumberStyles.HexNumber, CultureInfo.InvariantCulture)).ToArray();
         if (w.All(v => v == 0)) throw new FormatException("generator state is all zeros");
-        (s0, s1, s2, s3) = (w[0], w[1], w[2], w[3]);
+        this.state = new Xoshiro256 { S0 = w[0], S1 = w[1], S2 = w[2], S3 = w[3] };
     }
 }
