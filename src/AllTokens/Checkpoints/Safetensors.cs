@@ -52,35 +52,14 @@ public static class Safetensors
     public static void Write(string path, IReadOnlyList<KeyValuePair<string, RawTensor>> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var header = BuildHeader(path, tensors, metadata);
-        var full = Path.GetFullPath(path);
-        var dir = Path.GetDirectoryName(full) ?? ".";
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
+        AtomicFile.Write(path, fs =>
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 20))
-            {
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
-                fs.Write(len);
-                fs.Write(header);
-                foreach (var (_, t) in tensors) fs.Write(t.Data);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch (Exception e)
-        {
-            try
-            {
-                File.Delete(tmp);
-            }
-            catch (Exception de) when (de is IOException or UnauthorizedAccessException)
-            {
-                // best effort; the original exception matters more
-            }
-            if (WriteFailure.Describe(full, e) is { } described) throw described;
-            throw;
-        }
+            Span<byte> len = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)header.Length);
+            fs.Write(len);
+            fs.Write(header);
+            foreach (var (_, t) in tensors) fs.Write(t.Data);
+        }, bufferSize: 1 << 20);
     }
 
     private static byte[] BuildHeader(string path, IReadOnlyList<KeyValuePair<string, RawTensor>> tensors, IReadOnlyDictionary<string, string>? metadata)

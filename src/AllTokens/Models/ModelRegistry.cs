@@ -55,24 +55,9 @@ public static class ModelRegistry
     public static IReadOnlyList<string> Suggest(string name, int max = 3)
     {
         string n = name.ToLowerInvariant().Replace('-', '_');
-        return All.Select(m => (m.Name, d: Distance(n, m.Name)))
+        return All.Select(m => (m.Name, d: EditDistance.Between(n, m.Name)))
             .Where(x => x.d <= Math.Max(2, n.Length / 3) || x.Name.StartsWith(n, StringComparison.Ordinal) || n.StartsWith(x.Name, StringComparison.Ordinal))
             .OrderBy(x => x.d).ThenBy(x => x.Name, StringComparer.Ordinal).Take(max).Select(x => x.Name).ToList();
-    }
-
-    private static int Distance(string a, string b)
-    {
-        var prev = new int[b.Length + 1];
-        var cur = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++) prev[j] = j;
-        for (int i = 1; i <= a.Length; i++)
-        {
-            cur[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-            (prev, cur) = (cur, prev);
-        }
-        return prev[b.Length];
     }
 
     /// <summary>

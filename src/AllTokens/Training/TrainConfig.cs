@@ -180,7 +180,7 @@ public sealed class TrainConfig
         string norm = key.Replace('-', '_').ToLowerInvariant();
         // Close by edit distance, by the same words in another order (lr_min → min_lr), or by containing the query.
         static string Words(string k) => string.Join('_', k.Split('_').Order(StringComparer.Ordinal));
-        var close = Keys.Select(k => (k.Name, d: Words(k.Name) == Words(norm) ? 0 : Distance(norm, k.Name)))
+        var close = Keys.Select(k => (k.Name, d: Words(k.Name) == Words(norm) ? 0 : EditDistance.Between(norm, k.Name)))
             .Where(x => x.d <= Math.Max(2, norm.Length / 3) || (norm.Length >= 3 && x.Name.Contains(norm, StringComparison.Ordinal)))
             .OrderBy(x => x.d).Take(3).Select(x => x.Name).ToList();
         throw new RecipeException($"{where}: unknown key '{key}'" + (close.Count > 0 ? $"; did you mean {string.Join(" or ", close.Select(c => $"'{c}'"))}?" : "") +
@@ -391,19 +391,4 @@ public sealed class TrainConfig
 
     /// <summary>Mixup settings of this config.</summary>
     public MixupOptions MixupOptions() => new(Mixup, Cutmix, MixupProb, MixupSwitchProb);
-
-    private static int Distance(string a, string b)
-    {
-        var prev = new int[b.Length + 1];
-        var cur = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++) prev[j] = j;
-        for (int i = 1; i <= a.Length; i++)
-        {
-            cur[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-            (prev, cur) = (cur, prev);
-        }
-        return prev[b.Length];
-    }
 }

@@ -124,6 +124,6 @@ public static class Drawing
         using var data = image.Encode(SKEncodedImageFormat.Png, 100)
             ?? throw new IOException($"{path}: PNG encoding failed");
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        Training.AtomicFile.WriteAllBytes(path, data.AsSpan());
+        AtomicFile.WriteAllBytes(path, data.AsSpan());
     }
 }
