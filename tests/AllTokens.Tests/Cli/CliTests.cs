@@ -1,11 +1,11 @@
 using System.Text.Json;
 using AllTokens.Checkpoints;
-using AllTokens.Cli;
 using AllTokens.Data;
 using AllTokens.Models;
 using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;
+using static AllTokens.Tests.Cli.InProcessCli;
 
 namespace AllTokens.Tests.Cli;
 
@@ -14,14 +14,6 @@ public sealed class CliTests : IDisposable
     private readonly string dir = Directory.CreateTempSubdirectory("alltokens-cli-").FullName;
 
     public void Dispose() => Directory.Delete(dir, true);
-
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
 
     [Fact]
     public void ModelsJsonListsEveryModelWithExactParams()

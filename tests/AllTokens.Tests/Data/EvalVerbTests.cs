@@ -1,10 +1,10 @@
 using System.Text.Json;
 using AllTokens.Checkpoints;
-using AllTokens.Cli;
 using AllTokens.Data;
 using AllTokens.Data.Transforms;
 using AllTokens.Models;
 using TorchSharp;
+using static AllTokens.Tests.Cli.InProcessCli;
 
 namespace AllTokens.Tests.Data;
 
@@ -13,14 +13,6 @@ public sealed class EvalVerbTests : IDisposable
     private readonly string dir = Directory.CreateTempSubdirectory("alltokens-eval-").FullName;
 
     public void Dispose() => Directory.Delete(dir, true);
-
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
 
     private string TinyFolder()
     {

@@ -4,11 +4,11 @@ using System.IO.Compression;
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using AllTokens.Checkpoints;
-using AllTokens.Cli;
 using AllTokens.Distributed;
 using AllTokens.Models;
 using AllTokens.Training;
 using TorchSharp;
+using static AllTokens.Tests.Cli.InProcessCli;
 
 namespace AllTokens.Tests.Distributed;
 
@@ -65,14 +65,6 @@ public sealed class DataParallelTrainTests : IDisposable
         "--set", "aa=null", "--set", "drop_path=0", "--set", "drop=0", "--set", "log_interval=1", "--set", "clip_grad=1.0",
     ];
 
-    private static (int Code, string Out, string Err) RunInProcess(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
-
     private static Dictionary<string, float[]> Weights(string path) =>
         Safetensors.Read(path).Tensors.ToDictionary(kv => kv.Key, kv => MemoryMarshal.Cast<byte, float>(kv.Value.Data).ToArray());
 
@@ -102,7 +94,7 @@ public sealed class DataParallelTrainTests : IDisposable
         Assert.NotEqual((string)traces[0][0]["sha256"]!, (string)traces[0][3]["sha256"]!); // and they did train
 
         // One process, batch 8 = the union of the two ranks' batches of 4.
-        (code, _, err) = RunInProcess(Args(data, run1, init, 8));
+        (code, _, err) = Run(Args(data, run1, init, 8));
         Assert.True(code == 0, err);
         var w1 = Weights(Path.Combine(run1, "last.safetensors"));
         var w2 = Weights(Path.Combine(run2, "last.safetensors"));
@@ -129,7 +121,7 @@ public sealed class DataParallelTrainTests : IDisposable
         Assert.Equal((double)e1["val_loss"]!, (double)e2["val_loss"]!, 4);
 
         // Resume the 2-rank run with one process (global batch 4 now): epoch 2 has 8 steps.
-        (code, output, err) = RunInProcess("train", "--resume", "--out", run2, "--epochs", "2", "--threads", "1");
+        (code, output, err) = Run("train", "--resume", "--out", run2, "--epochs", "2", "--threads", "1");
         Assert.True(code == 0, err);
         Assert.Contains("saved by 2 rank(s), global batch 8; now 1, global batch 4", err);
         Assert.Contains("done: 2 epochs, 12 steps", output);

@@ -1,5 +1,4 @@
 using AllTokens.Checkpoints;
-using AllTokens.Cli;
 using AllTokens.Data;
 using AllTokens.Data.Transforms;
 using AllTokens.Models;
@@ -7,6 +6,7 @@ using AllTokens.TokenLabeling;
 using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;
+using static AllTokens.Tests.Cli.InProcessCli;
 
 namespace AllTokens.Tests.TokenLabeling;
 
@@ -15,14 +15,6 @@ public sealed class LabelVerbTests : IDisposable
     private readonly string dir = Directory.CreateTempSubdirectory("alltokens-label-").FullName;
 
     public void Dispose() => Directory.Delete(dir, true);
-
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
-    }
 
     // Two classes × three 40×32 PNGs (non-square: the shorter side is resized, then centre-cropped).
     private string MakeFolder()

@@ -1,8 +1,8 @@
 using AllTokens.Checkpoints;
-using AllTokens.Cli;
 using AllTokens.Models;
 using AllTokens.Training;
 using TorchSharp;
+using static AllTokens.Tests.Cli.InProcessCli;
 
 namespace AllTokens.Tests.Training;
 
@@ -32,14 +32,6 @@ public sealed class TrainVerbTests : IDisposable
         (code, _, err) = Run("train", "--model", "lvvit_nano", "--data", "/nonexistent", "--teacher", "lvvit_nano", "--print-config");
         Assert.Equal(2, code);
         Assert.Contains("teacher_weights", err);
-    }
-
-    private static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = Program.Run(args, o, e);
-        return (code, o.ToString(), e.ToString());
     }
 
     /// <summary>A tiny Fashion-MNIST-shaped IDX folder (the fault suite's: class c is a bright band at rows 2c…2c+3).</summary>
