@@ -60,7 +60,10 @@ public static partial class NativeEnvironment
     /// each on first touch. Measured with 2 threads (<c>bench</c> reports page faults per train step): t2t_vit_7
     /// 6.7–28 k faults per step by default against 0.2–1.1 k with these settings, lvvit_t's token-labeling step
     /// 44–113 k against 4.3–5.1 k; paired runs ×1.06–1.08 faster by the median; peak RSS +10–60 MiB (still below
-    /// PyTorch's for the same step, which takes 25–55 k faults per step itself). Blocks up to
+    /// PyTorch's for the same step, which takes 25–55 k faults per step itself). The price is memory where single
+    /// blocks are large: lvvit_nano at 384 px, batch 8 (37.7 MB stem activations) runs ×1.10–1.25 faster with
+    /// 130–155 k fewer faults per step, but its peak RSS grows from 731 to 896–972 MiB, freed heap blocks staying
+    /// resident between the live ones; <c>ALLTOKENS_MALLOC=default</c> trades the speed back for that memory. Blocks up to
     /// <see cref="HeapBlockLimit"/> come from the heap, and the heap is trimmed only when <see cref="HeapTrimThreshold"/>
     /// is free at its top: a training process keeps its peak step memory mapped, as PyTorch's caching allocators do on
     /// GPUs. Left alone when the user set <c>GLIBC_TUNABLES</c>' malloc tunables or <c>MALLOC_MMAP_THRESHOLD_</c> /
