@@ -277,6 +277,16 @@ public sealed class TrainerTests : IDisposable
         Assert.True(r.TrainImagesPerSecond > 0 && double.IsFinite(r.TrainImagesPerSecond));
         Assert.True(r.InferImagesPerSecond > r.TrainImagesPerSecond * 0.5); // no backward: not much slower than training
         Assert.True(r.MedianTrainStepSeconds > 0);
-        if (OperatingSystem.IsLinux()) Assert.True(r.PeakRssBytes > 10 << 20);
+        if (OperatingSystem.IsLinux())
+        {
+            Assert.True(r.PeakRssBytes > 10 << 20);
+            Assert.True(r.PageFaultsPerStep >= 0, "page faults are read from /proc/self/stat on Linux");
+            // A new anonymous mapping is always fresh memory: touching its 2,048 pages must show as minor faults.
+            using var mapping = System.IO.MemoryMappedFiles.MemoryMappedFile.CreateNew(null, 8 << 20);
+            using var view = mapping.CreateViewAccessor();
+            long before = TrainBenchmark.MinorFaults();
+            for (long i = 0; i < 8 << 20; i += 4096) view.Write(i, (byte)1);
+            Assert.True(TrainBenchmark.MinorFaults() - before >= 1000, "touching 8 MiB of fresh memory shows as minor faults");
+        }
     }
 }
