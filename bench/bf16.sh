@@ -9,7 +9,8 @@ grep -qw avx512_bf16 /proc/cpuinfo || echo "bf16.sh: this CPU lacks avx512_bf16;
 source "$(dirname "$0")/common.sh"
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    for flag in "" --bf16; do
+    flags=("" --bf16); (( r % 2 )) || flags=(--bf16 "") # alternate which precision goes first
+    for flag in "${flags[@]}"; do
       ./alltokens bench --model "$m" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" $flag --json 2>/dev/null | tee -a "$out"
     done
   done

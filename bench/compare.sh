@@ -9,9 +9,11 @@ THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMU
 source "$(dirname "$0")/common.sh"
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"
-    /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
-      $([[ $TASK == ce ]] && echo --ce) | tee -a "$out"
+    ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"; }
+    theirs() { /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
+      $([[ $TASK == ce ]] && echo --ce) | tee -a "$out"; }
+    # Who goes first alternates between rounds, so a drift within a round does not always favour the same side.
+    if (( r % 2 )); then ours; theirs; else theirs; ours; fi
   done
 done
 /usr/bin/python3 - "$out" <<'PY'
