@@ -71,9 +71,10 @@ public sealed class PatchEmbed4_2 : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         if (channelsLast) x = Layout.ToChannelsLast(x);
-        x = relu.call(bn1.call(conv1.call(x)));   // [B, c, H/2, W/2]
-        x = relu.call(bn2.call(conv2.call(x)));
-        x = relu.call(bn3.call(conv3.call(x)));
+        // BatchNorms.Forward, not bn.call: TorchSharp's forward makes temporary scalars (see BatchNorms).
+        x = relu.call(BatchNorms.Forward(bn1, conv1.call(x)));   // [B, c, H/2, W/2]
+        x = relu.call(BatchNorms.Forward(bn2, conv2.call(x)));
+        x = relu.call(BatchNorms.Forward(bn3, conv3.call(x)));
         return scope.MoveToOuter(proj.call(x));    // [B, D, H/16, W/16]
     }
 }
