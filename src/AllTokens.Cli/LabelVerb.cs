@@ -134,6 +134,7 @@ public static class LabelVerb
         io.Out.WriteLine($"  map         {h.Height}×{h.Width}");
         io.Out.WriteLine($"  annotator   {h.Annotator} at {h.Resolution}px");
         io.Out.WriteLine($"  keys        {(h.KeyStyle == LabelKeyStyle.Full ? "dataset keys" : "official <class>/<stem>")}");
+        io.Out.WriteLine($"  checksums   {(h.ImageChecksums ? "of every source image (training checks a sample of its images against them)" : "none (imported or older store: training cannot tell images of another dataset)")}");
         io.Out.WriteLine(string.Create(inv, $"  mean top-1 probability {s.MeanTop1Probability:F4} (softmax over all classes, unstored logits 0)"));
         long total = s.Top1Histogram.Sum();
         io.Out.WriteLine("  top-1 class histogram (locations):");

@@ -32,9 +32,11 @@ public static class LabelGeneration
         // At crop_pct 1.0 the annotator sees the centre square of side min(W, H); the header says so.
         if (transform.Options.CropPct != 1.0)
             throw new ArgumentException($"label maps are made at crop_pct 1.0 (the whole shorter side), got {transform.Options.CropPct}");
-        var header = new LabelStoreHeader(model.NumClasses, options.TopK, g, g, options.AnnotatorName, transform.Size, Region: LabelMapRegion.CentreSquare);
+        var header = new LabelStoreHeader(model.NumClasses, options.TopK, g, g, options.AnnotatorName, transform.Size, Region: LabelMapRegion.CentreSquare,
+            ImageChecksums: true);
         model.eval();
         using var writer = LabelStoreWriter.OpenOrCreate(outPath, header);
+        bool checksums = writer.Header.ImageChecksums; // false when resuming a store of the older format
         var todo = Enumerable.Range(0, dataset.Count).Where(i => !writer.Contains(dataset.GetKey(i))).ToList();
         int skipped = dataset.Count - todo.Count, done = skipped, batches = 0;
         progress?.Report(new LabelProgress(done, dataset.Count, skipped));
@@ -43,7 +45,13 @@ public static class LabelGeneration
             cancel.ThrowIfCancellationRequested();
             int per = 3 * transform.Size * transform.Size;
             var pixels = new float[chunk.Length * per];
-            Parallel.For(0, chunk.Length, i => transform.Apply(dataset.Load(chunk[i])).CopyTo(pixels, i * per));
+            var sums = new uint[chunk.Length];
+            Parallel.For(0, chunk.Length, i =>
+            {
+                var image = dataset.Load(chunk[i]);
+                if (checksums) sums[i] = LabelStore.ImageChecksum(image);
+                transform.Apply(image).CopyTo(pixels, i * per);
+            });
             LabelMap[] maps;
             using (var scope = torch.NewDisposeScope())
             {
@@ -51,12 +59,12 @@ public static class LabelGeneration
                 if (device is not null && device.type != DeviceType.CPU) x = x.to(device);
                 maps = annotator.Annotate(x, options.TopK);
             }
-            for (int i = 0; i < chunk.Length; i++) writer.Add(dataset.GetKey(chunk[i]), maps[i]);
+            for (int i = 0; i < chunk.Length; i++) writer.Add(dataset.GetKey(chunk[i]), maps[i], checksums ? sums[i] : null);
             done += chunk.Length;
             if (++batches % Math.Max(1, options.FlushEvery) == 0) writer.Flush();
             progress?.Report(new LabelProgress(done, dataset.Count, skipped));
         }
         writer.Complete();
-        return header;
+        return writer.Header;
     }
 }

@@ -41,8 +41,13 @@ public enum LabelMapRegion
 /// <param name="Annotator">Who made the labels (model name, weights file), for humans.</param>
 /// <param name="Resolution">Input resolution the annotator saw.</param>
 /// <param name="Region">The part of each source image the maps cover.</param>
+/// <param name="ImageChecksums">
+/// Each record carries the <see cref="LabelStore.ImageChecksum"/> of the decoded image it was made from, so training can
+/// tell labels of other images under the same keys (MNIST for Fashion-MNIST, a re-exported folder) from the right
+/// ones. Stores made by <c>label</c> have them; imported official labels and stores of format version 1 do not.
+/// </param>
 public sealed record LabelStoreHeader(int NumClasses, int K, int Height, int Width, string Annotator, int Resolution,
-    LabelKeyStyle KeyStyle = LabelKeyStyle.Full, LabelMapRegion Region = LabelMapRegion.FullImage)
+    LabelKeyStyle KeyStyle = LabelKeyStyle.Full, LabelMapRegion Region = LabelMapRegion.FullImage, bool ImageChecksums = false)
 {
     /// <summary>Class indices are int16 when C ≤ 32767, else int32 (exact, unlike the official fp16 indices).</summary>
     public int IndexBytes => NumClasses <= short.MaxValue ? 2 : 4;
@@ -76,15 +81,18 @@ public sealed class LabelStoreException(string path, string? record, string prob
 /// A read-only, memory-mapped token-label store: one file per dataset holding a top-k label map per image.
 /// <para>
 /// Layout (little-endian): a 512-byte header (magic <c>ATKLABEL</c>, version, classes, k, h, w, resolution,
-/// index width, key style, annotator, map region, CRC-32 of the header); records (magic <c>TLRC</c>, key, k·h·w fp16 values,
-/// k·h·w int16/int32 class indices, CRC-32 of the record); an index (magic <c>TLIX</c>, count, key → offset,
+/// index width, key style, annotator, map region, flags, CRC-32 of the header); records (magic <c>TLRC</c>, key, the
+/// source image's checksum when the flags say so, k·h·w fp16 values, k·h·w int16/int32 class indices, CRC-32 of the
+/// record); an index (magic <c>TLIX</c>, count, key → offset,
 /// CRC-32); a 24-byte footer (index offset, count, CRC-32, magic <c>ATKLEND1</c>). A store without a valid footer
-/// is an interrupted write: <see cref="LabelStoreWriter"/> resumes it.
+/// is an interrupted write: <see cref="LabelStoreWriter"/> resumes it. Version 1 (before image checksums) had no flags
+/// field and is read as a store without them.
 /// </para>
 /// </summary>
 public sealed class LabelStore : IDisposable
 {
-    internal const int HeaderSize = 512, FooterSize = 24, MaxAnnotatorBytes = 400, Version = 1, RegionOffset = 444;
+    internal const int HeaderSize = 512, FooterSize = 24, MaxAnnotatorBytes = 400, Version = 2, RegionOffset = 444, FlagsOffset = 448;
+    private const int FlagImageChecksums = 1;
     internal static readonly byte[] HeaderMagic = "ATKLABEL"u8.ToArray();
     internal static readonly byte[] FooterMagic = "ATKLEND1"u8.ToArray();
     internal const uint RecordMagic = 0x43524C54; // "TLRC"
@@ -178,6 +186,7 @@ public sealed class LabelStore : IDisposable
         int n = Encoding.UTF8.GetBytes(h.Annotator, s[42..(42 + MaxAnnotatorBytes)]);
         BinaryPrimitives.WriteUInt16LittleEndian(s[40..], (ushort)n);
         BinaryPrimitives.WriteInt32LittleEndian(s[RegionOffset..], (int)h.Region);
+        BinaryPrimitives.WriteInt32LittleEndian(s[FlagsOffset..], h.ImageChecksums ? FlagImageChecksums : 0);
         BinaryPrimitives.WriteUInt32LittleEndian(s[(HeaderSize - 4)..], Crc32.Compute(s[..(HeaderSize - 4)]));
         return b;
     }
@@ -190,16 +199,19 @@ public sealed class LabelStore : IDisposable
         if (BinaryPrimitives.ReadUInt32LittleEndian(s[(HeaderSize - 4)..]) != Crc32.Compute(s[..(HeaderSize - 4)]))
             throw new LabelStoreException(path, null, "header checksum mismatch");
         int version = BinaryPrimitives.ReadInt32LittleEndian(s[8..]);
-        if (version != Version) throw new LabelStoreException(path, null, $"unsupported store version {version} (this build reads {Version})");
+        if (version is < 1 or > Version) throw new LabelStoreException(path, null, $"unsupported store version {version} (this build reads 1 to {Version})");
         int n = BinaryPrimitives.ReadUInt16LittleEndian(s[40..]);
         if (n > MaxAnnotatorBytes) throw new LabelStoreException(path, null, "invalid annotator length");
         var style = (LabelKeyStyle)BinaryPrimitives.ReadInt32LittleEndian(s[36..]);
         if (!Enum.IsDefined(style)) throw new LabelStoreException(path, null, $"unknown key style {(int)style}");
         var region = (LabelMapRegion)BinaryPrimitives.ReadInt32LittleEndian(s[RegionOffset..]);
         if (!Enum.IsDefined(region)) throw new LabelStoreException(path, null, $"unknown map region {(int)region}");
+        int flags = version >= 2 ? BinaryPrimitives.ReadInt32LittleEndian(s[FlagsOffset..]) : 0;
+        if ((flags & ~FlagImageChecksums) != 0) throw new LabelStoreException(path, null, $"unknown header flags 0x{flags:X}");
         var h = new LabelStoreHeader(BinaryPrimitives.ReadInt32LittleEndian(s[12..]), BinaryPrimitives.ReadInt32LittleEndian(s[16..]),
             BinaryPrimitives.ReadInt32LittleEndian(s[20..]), BinaryPrimitives.ReadInt32LittleEndian(s[24..]),
-            Encoding.UTF8.GetString(s.Slice(42, n)), BinaryPrimitives.ReadInt32LittleEndian(s[28..]), style, region);
+            Encoding.UTF8.GetString(s.Slice(42, n)), BinaryPrimitives.ReadInt32LittleEndian(s[28..]), style, region,
+            (flags & FlagImageChecksums) != 0);
         h.Validate(path);
         if (BinaryPrimitives.ReadInt32LittleEndian(s[32..]) != h.IndexBytes)
             throw new LabelStoreException(path, null, $"index width {BinaryPrimitives.ReadInt32LittleEndian(s[32..])} does not fit {h.NumClasses} classes");
@@ -233,8 +245,20 @@ public sealed class LabelStore : IDisposable
         return (idx, keys);
     }
 
-    /// <summary>Bytes of one record: magic, key length, key, values, indices, CRC.</summary>
-    internal static long RecordSize(LabelStoreHeader h, int keyBytes) => 4 + 2 + keyBytes + (long)h.Elements * (2 + h.IndexBytes) + 4;
+    /// <summary>Bytes of one record: magic, key length, key, image checksum (when the header says so), values, indices, CRC.</summary>
+    internal static long RecordSize(LabelStoreHeader h, int keyBytes) => 4 + 2 + keyBytes + (h.ImageChecksums ? 4 : 0) + (long)h.Elements * (2 + h.IndexBytes) + 4;
+
+    /// <summary>
+    /// The checksum a record keeps of its source image: CRC-32 of the width and height (int32, little-endian) followed
+    /// by the decoded RGB bytes, so the same pixels give the same value whatever file format held them.
+    /// </summary>
+    public static uint ImageChecksum(Data.RgbImage image)
+    {
+        Span<byte> size = stackalloc byte[8];
+        BinaryPrimitives.WriteInt32LittleEndian(size, image.Width);
+        BinaryPrimitives.WriteInt32LittleEndian(size[4..], image.Height);
+        return Crc32.Append(Crc32.Compute(size), image.Pixels);
+    }
 
     /// <summary>The official stem key of a dataset key: directory kept, file name cut at its first '.'.</summary>
     public static string StemKey(string datasetKey)
@@ -255,10 +279,22 @@ public sealed class LabelStore : IDisposable
         string key = Header.StoreKey(datasetKey);
         if (!index.TryGetValue(key, out long off))
             throw new KeyNotFoundException($"{Path}: no labels for '{datasetKey}'" + (key == datasetKey ? "" : $" (store key '{key}')"));
-        return ReadRecord(key, off);
+        return ReadRecord(key, off).Map;
     }
 
-    private LabelMap ReadRecord(string key, long off)
+    /// <summary>
+    /// The checksum of the image <paramref name="datasetKey"/>'s labels were made from (<see cref="ImageChecksum"/>),
+    /// or null when the store keeps none (<see cref="LabelStoreHeader.ImageChecksums"/>).
+    /// </summary>
+    public uint? SourceChecksum(string datasetKey)
+    {
+        string key = Header.StoreKey(datasetKey);
+        if (!index.TryGetValue(key, out long off))
+            throw new KeyNotFoundException($"{Path}: no labels for '{datasetKey}'" + (key == datasetKey ? "" : $" (store key '{key}')"));
+        return ReadRecord(key, off).ImageChecksum;
+    }
+
+    private (LabelMap Map, uint? ImageChecksum) ReadRecord(string key, long off)
     {
         int keyBytes = Encoding.UTF8.GetByteCount(key);
         long size = RecordSize(Header, keyBytes);
@@ -270,7 +306,14 @@ public sealed class LabelStore : IDisposable
             throw new LabelStoreException(Path, key, $"the record at offset {off} holds another key");
         if (BinaryPrimitives.ReadUInt32LittleEndian(s[(int)(size - 4)..]) != Crc32.Compute(s[4..(int)(size - 4)]))
             throw new LabelStoreException(Path, key, $"checksum mismatch (record at offset {off})");
-        return DecodePayload(Header, s.Slice(6 + keyBytes, (int)(size - 10 - keyBytes)), Path, key);
+        int p = 6 + keyBytes;
+        uint? image = null;
+        if (Header.ImageChecksums)
+        {
+            image = BinaryPrimitives.ReadUInt32LittleEndian(s[p..]);
+            p += 4;
+        }
+        return (DecodePayload(Header, s[p..(int)(size - 4)], Path, key), image);
     }
 
     internal static LabelMap DecodePayload(LabelStoreHeader h, ReadOnlySpan<byte> payload, string path, string key)
@@ -293,7 +336,7 @@ public sealed class LabelStore : IDisposable
     /// <summary>Reads every record and checks its checksum; throws at the first damaged one.</summary>
     public void VerifyAll()
     {
-        foreach (var k in keys) ReadRecord(k, index[k]);
+        foreach (var k in keys) _ = ReadRecord(k, index[k]);
     }
 
     /// <summary>
@@ -311,6 +354,33 @@ public sealed class LabelStore : IDisposable
             throw new LabelStoreException(Path, null, $"none of the {datasetKeys.Count} images of {datasetSource} is in the store " +
                 $"(e.g. {examples}; the store has e.g. '{keys.FirstOrDefault()}'): labels of another dataset or split?");
         throw new LabelStoreException(Path, null, $"{missing.Count} of {datasetKeys.Count} images of {datasetSource} have no labels, e.g. {examples}");
+    }
+
+    /// <summary>
+    /// Checks that the labels were made from <paramref name="dataset"/>'s images, not from other images under the same
+    /// keys: decodes up to <paramref name="samples"/> images spread evenly over the dataset and compares each with the
+    /// checksum its record keeps. Nothing to check (returns 0) when the store keeps no checksums; otherwise returns how
+    /// many images were compared. Every key must be in the store (<see cref="CheckMatches"/> first).
+    /// </summary>
+    /// <exception cref="LabelStoreException">A sampled image differs from the one its labels were made from.</exception>
+    public int CheckImages(Data.IImageDataset dataset, int samples = 16)
+    {
+        if (!Header.ImageChecksums || dataset.Count == 0 || samples < 1) return 0;
+        int n = Math.Min(samples, dataset.Count);
+        var picked = Enumerable.Range(0, n).Select(j => (int)((long)j * dataset.Count / n)).ToArray();
+        var differ = new List<string>();
+        foreach (int i in picked)
+        {
+            string key = dataset.GetKey(i);
+            if (SourceChecksum(key) != ImageChecksum(dataset.Load(i))) differ.Add(key);
+        }
+        if (differ.Count == 0) return n;
+        string examples = string.Join(", ", differ.Take(3).Select(k => $"'{k}'"));
+        if (differ.Count == n)
+            throw new LabelStoreException(Path, null, $"the labels were made from other images: all {n} images of {dataset.Source} checked " +
+                $"(e.g. {examples}) differ from the ones labelled under the same keys; labels of another dataset? Run `label` on this one");
+        throw new LabelStoreException(Path, null, $"{differ.Count} of {n} images of {dataset.Source} checked differ from the ones their labels " +
+            $"were made from (e.g. {examples}): the images changed since `label` ran; label them again into a new store");
     }
 
     public void Dispose()

@@ -43,7 +43,8 @@ public sealed class LabelStoreWriter : IDisposable
 
     /// <summary>
     /// Opens PATH for writing: resumes <c>PATH.partial</c> or a finished PATH when either exists (their header must
-    /// equal <paramref name="header"/>), else starts a new store.
+    /// equal <paramref name="header"/>), else starts a new store. A store that keeps no image checksums (an older
+    /// format) is resumed as it is, without them: <see cref="Header"/> says which.
     /// </summary>
     public static LabelStoreWriter OpenOrCreate(string path, LabelStoreHeader header)
     {
@@ -51,7 +52,7 @@ public sealed class LabelStoreWriter : IDisposable
         string partial = path + PartialSuffix;
         if (!File.Exists(partial) && File.Exists(path))
         {
-            using (var done = LabelStore.Open(path)) CheckSameHeader(path, done.Header, header);
+            using (var done = LabelStore.Open(path)) header = SameHeader(path, done.Header, header);
             File.Move(path, partial);
         }
         if (File.Exists(partial))
@@ -66,7 +67,7 @@ public sealed class LabelStoreWriter : IDisposable
                     fs.SetLength(0);
                     WriteNewHeader(fs, header);
                 }
-                else CheckSameHeader(partial, LabelStore.ReadHeader(partial, head), header);
+                else header = SameHeader(partial, LabelStore.ReadHeader(partial, head), header);
                 return new LabelStoreWriter(path, fs, header);
             }
             catch
@@ -97,11 +98,13 @@ public sealed class LabelStoreWriter : IDisposable
         fs.Flush(flushToDisk: true);
     }
 
-    private static void CheckSameHeader(string path, LabelStoreHeader found, LabelStoreHeader wanted)
+    /// <summary>The header to go on with: the store's own, when it matches what this run asks for but for image checksums.</summary>
+    private static LabelStoreHeader SameHeader(string path, LabelStoreHeader found, LabelStoreHeader wanted)
     {
-        if (found != wanted)
+        if (found != wanted with { ImageChecksums = found.ImageChecksums })
             throw new LabelStoreException(path, null, $"cannot resume: the store was written with {Describe(found)}, this run asks for {Describe(wanted)}; " +
                 "use another --out or delete the old store");
+        return found;
     }
 
     private static string Describe(LabelStoreHeader h) =>
@@ -156,11 +159,16 @@ public sealed class LabelStoreWriter : IDisposable
     /// <summary>True when a dataset key already has a record (resume skips it).</summary>
     public bool Contains(string datasetKey) => offsets.ContainsKey(Header.StoreKey(datasetKey));
 
-    /// <summary>Appends the label map of <paramref name="datasetKey"/> (not yet durable: see <see cref="Flush"/>).</summary>
-    public void Add(string datasetKey, LabelMap map)
+    /// <summary>
+    /// Appends the label map of <paramref name="datasetKey"/> (not yet durable: see <see cref="Flush"/>), with the
+    /// <see cref="LabelStore.ImageChecksum"/> of the image it was made from when the store keeps them (and only then).
+    /// </summary>
+    public void Add(string datasetKey, LabelMap map, uint? imageChecksum = null)
     {
         if (completed) throw new InvalidOperationException($"{Path}: the store is complete; open a new writer to add records");
         string key = Header.StoreKey(datasetKey);
+        if (Header.ImageChecksums != imageChecksum.HasValue)
+            throw new ArgumentException($"{Path}: '{key}': " + (Header.ImageChecksums ? "this store keeps the checksum of each source image; give it" : "this store keeps no image checksums"));
         if (map.K != Header.K || map.Height != Header.Height || map.Width != Header.Width)
             throw new ArgumentException($"{Path}: '{key}' is k={map.K} {map.Height}×{map.Width}, the store k={Header.K} {Header.Height}×{Header.Width}");
         byte[] kb = Encoding.UTF8.GetBytes(key);
@@ -173,6 +181,11 @@ public sealed class LabelStoreWriter : IDisposable
         BinaryPrimitives.WriteUInt16LittleEndian(s[4..], (ushort)kb.Length);
         kb.CopyTo(s[6..]);
         int p = 6 + kb.Length;
+        if (imageChecksum is { } crc)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(s[p..], crc);
+            p += 4;
+        }
         for (int i = 0; i < n; i++, p += 2) BinaryPrimitives.WriteHalfLittleEndian(s[p..], (Half)map.Values[i]);
         for (int i = 0; i < n; i++)
         {

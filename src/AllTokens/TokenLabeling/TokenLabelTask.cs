@@ -21,10 +21,14 @@ public interface ITokenTargetSource
 /// <param name="region">The part of each source image the maps cover (the store header's <see cref="LabelStoreHeader.Region"/>).</param>
 public sealed class StoredTargetSource(Func<int, LabelMap> labelsForIndex, LabelMapRegion region = LabelMapRegion.FullImage) : ITokenTargetSource
 {
-    /// <summary>Labels of <paramref name="dataset"/>'s samples from <paramref name="store"/>, checked against the dataset once.</summary>
+    /// <summary>
+    /// Labels of <paramref name="dataset"/>'s samples from <paramref name="store"/>, checked against the dataset once:
+    /// classes, a record for every key, and (where the store keeps image checksums) a sample of the images themselves.
+    /// </summary>
     public static StoredTargetSource FromStore(LabelStore store, IImageDataset dataset)
     {
         store.CheckMatches(Enumerable.Range(0, dataset.Count).Select(dataset.GetKey).ToList(), dataset.ClassNames.Count, dataset.Source);
+        store.CheckImages(dataset);
         return new StoredTargetSource(i => store.Get(dataset.GetKey(i)), store.Header.Region);
     }
 

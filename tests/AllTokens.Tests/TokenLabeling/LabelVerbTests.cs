@@ -96,6 +96,10 @@ public sealed class LabelVerbTests : IDisposable
                 }
             }
             Assert.Equal("class1/img2.png", ds.GetKey(5));
+            // Each record keeps the checksum of the image it was made from (the interrupted run's records too).
+            Assert.True(s.Header.ImageChecksums);
+            for (int i = 0; i < ds.Count; i++) Assert.Equal(LabelStore.ImageChecksum(ds.Load(i)), s.SourceChecksum(ds.GetKey(i)));
+            Assert.Equal(6, s.CheckImages(ds));
         }
 
         // Again: nothing to do.
@@ -109,6 +113,7 @@ public sealed class LabelVerbTests : IDisposable
         Assert.Contains("classes     2", output);
         Assert.Contains("map         2×2", output);
         Assert.Contains("mean top-1 probability", output);
+        Assert.Contains("checksums   of every source image", output);
 
         string png = Path.Combine(dir, "map.png");
         (code, output, err) = Run("label", "inspect", store, "--image", "class0/img1.png", "--png", png);
@@ -143,6 +148,7 @@ public sealed class LabelVerbTests : IDisposable
         (code, output, _) = Run("label", "inspect", store);
         Assert.Equal(0, code);
         Assert.Contains("official <class>/<stem>", output);
+        Assert.Contains("checksums   none", output);
     }
 
     [Fact]
