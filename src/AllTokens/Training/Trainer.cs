@@ -639,7 +639,7 @@ public sealed class Trainer : IDisposable
         {
             var t = e.Canonical.detach().to(ScalarType.Float32).cpu().contiguous();
             hash.AppendData(t.bytes);
-            sum += t.sum().ToDouble();
+            sum += t.sum().item<float>(); // not ToDouble(): it reads through a temporary Scalar (see Layers.Held)
         }
         var line = new JsonObject
         {

@@ -14,9 +14,9 @@ namespace AllTokens.Tests.Reliability;
 /// </summary>
 public class HeldScalarTests
 {
-    // Where a step runs: the model, the training loop and its losses, token labeling, data-parallel averaging.
-    private static readonly string[] HotNamespaces =
-        ["AllTokens.Layers", "AllTokens.Models", "AllTokens.Training", "AllTokens.TokenLabeling", "AllTokens.Distributed"];
+    // Where a step runs (the model, the training loop and its losses, token labeling, data-parallel averaging) and
+    // where loader threads run (data, transforms): the whole library. The CLI's pictures are drawn after training.
+    private static readonly string[] HotNamespaces = ["AllTokens"];
 
     // One-off setup before any loader thread runs: weight initialisation. (Constructors are skipped as well.)
     private static readonly string[] SetupTypes = ["AllTokens.Layers.Init"];
@@ -113,6 +113,89 @@ public class HeldScalarTests
             }
         Assert.True(scanned > 200, $"only {scanned} methods scanned");
         Assert.True(found.Count == 0, string.Join("\n", found.Distinct()));
+    }
+
+    /// <summary>Scalar-making calls inside TorchSharp itself (a number made into a Scalar there).</summary>
+    private static string? InnerHazard(MethodBase callee) =>
+        Hazard(callee) ?? (callee.Name == "ToScalar" && callee.DeclaringType?.Assembly == typeof(Tensor).Assembly
+            ? "makes a Scalar from a number" : null);
+
+    /// <summary>TorchSharp methods reachable from <paramref name="root"/> within TorchSharp (depth-limited) that make a temporary Scalar.</summary>
+    private static List<string> InnerHazards(MethodBase root, int depth = 4)
+    {
+        var found = new List<string>();
+        var seen = new HashSet<MethodBase>();
+        void Visit(MethodBase m, int d, string path)
+        {
+            if (!seen.Add(m) || d > depth) return;
+            foreach (var (caller, callee) in Calls(m))
+            {
+                if (InnerHazard(callee) is { } why) found.Add($"{path} → {callee.DeclaringType!.Name}.{callee.Name}: {why}");
+                else if (callee.DeclaringType?.Assembly == typeof(Tensor).Assembly) Visit(callee, d + 1, $"{path} → {callee.DeclaringType!.Name}.{callee.Name}");
+            }
+        }
+        Visit(root, 0, $"{root.DeclaringType!.Name}.{root.Name}");
+        return found;
+    }
+
+    // TorchSharp modules whose forward makes temporaries and that our code never calls (it runs its own forward,
+    // checked by a test of its own): BatchNorm2d (Layers/BatchNorms, BatchNormsTests.TheLvVitStemBypassesTorchSharpsForward).
+    private static readonly Type[] Bypassed = [typeof(TorchSharp.Modules.BatchNorm2d)];
+
+    [Fact]
+    public void TorchSharpModulesOnTheTrainingPathsMakeNoTemporaryScalars()
+    {
+        // Every TorchSharp module type our models hold: its forward (and what it calls inside TorchSharp) runs each step.
+        const BindingFlags fields = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.DeclaredOnly;
+        var moduleTypes = typeof(Held).Assembly.GetTypes()
+            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
+            .SelectMany(t => t.GetFields(fields).Select(f => f.FieldType))
+            .SelectMany(ft => ft.IsGenericType ? ft.GetGenericArguments().Append(ft) : [ft])
+            .Where(ft => ft.Assembly == typeof(Tensor).Assembly && typeof(nn.Module).IsAssignableFrom(ft) && !ft.IsAbstract && !ft.IsGenericType)
+            .Append(typeof(TorchSharp.Modules.Unfold)) // T2T's soft splits, held as plain modules
+            .Distinct()
+            .ToList();
+        Assert.Contains(typeof(TorchSharp.Modules.LayerNorm), moduleTypes);
+        Assert.Contains(typeof(TorchSharp.Modules.BatchNorm2d), moduleTypes);
+        var found = new List<string>();
+        foreach (var type in moduleTypes.Except(Bypassed))
+            foreach (var forward in type.GetMethods(BindingFlags.Public | BindingFlags.Instance).Where(m => m.Name == "forward"))
+                found.AddRange(InnerHazards(forward));
+        Assert.True(found.Count == 0, string.Join("\n", found.Distinct()));
+        // The bypassed ones really do make temporaries (else the bypass is no longer needed).
+        Assert.NotEmpty(InnerHazards(typeof(TorchSharp.Modules.BatchNorm2d).GetMethod("forward")!));
+    }
+
+    // TorchSharp calls that make a Scalar only from .NET numbers among their arguments, where ours pass held Scalars:
+    // the fused AdamW's TorchScript invoke (Training/Optimizers.cs) boxes number arguments, and we give it none.
+    private static readonly string[] HeldArgumentsOnly = ["CompilationUnit.invoke"];
+
+    [Fact]
+    public void TorchSharpCallsOnTheTrainingPathsMakeNoTemporaryScalarsInside()
+    {
+        // What the hot code calls in TorchSharp, and what that calls inside TorchSharp: a number turned into a Scalar
+        // there is the same hazard as one in our code (BatchNorm's forward was one; Tensor.ToDouble() is another).
+        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+        var types = typeof(Held).Assembly.GetTypes()
+            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
+            .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
+            .ToList();
+        var found = new List<string>();
+        var callees = new HashSet<MethodBase>();
+        int checkedCalls = 0;
+        foreach (var type in types)
+            foreach (var method in type.GetMethods(all).Cast<MethodBase>())
+                foreach (var (caller, callee) in Calls(method))
+                {
+                    if (callee.DeclaringType?.Assembly != typeof(Tensor).Assembly || !callees.Add(callee)) continue;
+                    if (HeldArgumentsOnly.Contains($"{callee.DeclaringType.Name}.{callee.Name}")) continue;
+                    checkedCalls++;
+                    found.AddRange(InnerHazards(callee).Select(h => $"{caller.DeclaringType!.FullName}.{caller.Name}: {h}"));
+                }
+        Assert.True(checkedCalls > 100, $"only {checkedCalls} TorchSharp methods checked");
+        Assert.True(found.Count == 0, string.Join("\n", found.Distinct()));
+        // The detector sees the one this replaced.
+        Assert.NotEmpty(InnerHazards(typeof(TensorExtensionMethods).GetMethod(nameof(TensorExtensionMethods.ToDouble), [typeof(Tensor)])!));
     }
 
     [Fact]
