@@ -389,6 +389,11 @@ public sealed class HostileInputTests : IDisposable
             for (int c = 0; c < 3; c++)
                 for (int i = 0; i < 4; i++)
                     Write($"{set}/train/c{c}/{stem}{i}.png", png);
+        // The same file names as lbl-a over other pictures: keys alone cannot tell them apart.
+        var gray = File.ReadAllBytes(Fixture("images/gray_19x13.png"));
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < 4; i++)
+                Write($"lbl-c/train/c{c}/img{i}.png", gray);
         string a = Path.Combine(dir, "lbl-a"), b = Path.Combine(dir, "lbl-b"), store = Path.Combine(dir, "stores", "a.labels");
         var made = CliProcess.Run(["label", "--annotator", "lvvit_nano", "--data", a, "--out", store, "--img-size", "32", "--topk", "2", "--threads", "1"]);
         Assert.True(made.Code == 0, made.ToString());
@@ -396,6 +401,8 @@ public sealed class HostileInputTests : IDisposable
             ["train", "--model", "lvvit_nano", "--img-size", "32", "--data", data, "--epochs", "1", "--batch", "4", "--threads", "1", "--set", "aa=null",
              "--set", "token_label=true", "--set", $"token_label_data={labels}", "--out", Path.Combine(dir, $"tl-run-{runs++}")];
         yield return new Case("labels", "label store of another dataset (other file names)", Train(b, store), [1], store, "another dataset or split");
+        yield return new Case("labels", "label store of other pictures under the same file names", Train(Path.Combine(dir, "lbl-c"), store), [1], store,
+            "made from other images");
         yield return new Case("labels", "label store of 3 classes for a 10-class dataset", Train(Path.Combine(dir, "idx-good"), store), [1], store, "labels for 3 classes");
         var bytes = File.ReadAllBytes(store);
         string trunc = Write("stores/trunc.labels", bytes[..(bytes.Length / 2)]);
