@@ -92,19 +92,22 @@ public class HeldScalarTests
         }
     }
 
+    private const BindingFlags AllDeclared = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
+
+    private static List<Type> ScannedTypes() => typeof(Held).Assembly.GetTypes()
+        .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
+        .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
+        .ToList();
+
     [Fact]
     public void TrainingPathsPassNoTemporaryScalars()
     {
-        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
-        var types = typeof(Held).Assembly.GetTypes()
-            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
-            .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
-            .ToList();
+        var types = ScannedTypes();
         Assert.Contains(typeof(TokenPerformer), types); // the scan covers the model code
         var found = new List<string>();
         int scanned = 0;
         foreach (var type in types)
-            foreach (var method in type.GetMethods(all).Cast<MethodBase>())
+            foreach (var method in type.GetMethods(AllDeclared).Cast<MethodBase>())
             {
                 scanned++;
                 foreach (var (caller, callee) in Calls(method))
@@ -147,8 +150,7 @@ public class HeldScalarTests
     {
         // Every TorchSharp module type our models hold: its forward (and what it calls inside TorchSharp) runs each step.
         const BindingFlags fields = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.DeclaredOnly;
-        var moduleTypes = typeof(Held).Assembly.GetTypes()
-            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
+        var moduleTypes = ScannedTypes()
             .SelectMany(t => t.GetFields(fields).Select(f => f.FieldType))
             .SelectMany(ft => ft.IsGenericType ? ft.GetGenericArguments().Append(ft) : [ft])
             .Where(ft => ft.Assembly == typeof(Tensor).Assembly && typeof(nn.Module).IsAssignableFrom(ft) && !ft.IsAbstract && !ft.IsGenericType)
@@ -175,16 +177,12 @@ public class HeldScalarTests
     {
         // What the hot code calls in TorchSharp, and what that calls inside TorchSharp: a number turned into a Scalar
         // there is the same hazard as one in our code (BatchNorm's forward was one; Tensor.ToDouble() is another).
-        const BindingFlags all = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
-        var types = typeof(Held).Assembly.GetTypes()
-            .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
-            .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
-            .ToList();
+        var types = ScannedTypes();
         var found = new List<string>();
         var callees = new HashSet<MethodBase>();
         int checkedCalls = 0;
         foreach (var type in types)
-            foreach (var method in type.GetMethods(all).Cast<MethodBase>())
+            foreach (var method in type.GetMethods(AllDeclared).Cast<MethodBase>())
                 foreach (var (caller, callee) in Calls(method))
                 {
                     if (callee.DeclaringType?.Assembly != typeof(Tensor).Assembly || !callees.Add(callee)) continue;

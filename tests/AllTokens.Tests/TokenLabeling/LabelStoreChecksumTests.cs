@@ -62,7 +62,9 @@ public sealed class LabelStoreChecksumTests : IDisposable
             Assert.Equal(Map(i).Indices, s.Get(ds.GetKey(i)).Indices);
         }
         s.VerifyAll();
-        Assert.Equal(LabelStore.HeaderSize + 5 * LabelStore.RecordSize(Head, "img_000.png".Length), s.Keys.Count == 5 ? new FileInfo(StorePath).Length - IndexAndFooter(s) : -1);
+        // Four bytes more per record than a store without checksums; the file is header, records, index, footer.
+        Assert.Equal(4, LabelStore.RecordSize(Head, 11) - LabelStore.RecordSize(Head with { ImageChecksums = false }, 11));
+        Assert.Equal(LabelStore.HeaderSize + 5 * LabelStore.RecordSize(Head, "img_000.png".Length) + IndexAndFooter(s), new FileInfo(StorePath).Length);
         Assert.Equal(5, s.CheckImages(ds));
         Assert.Equal(2, s.CheckImages(ds, samples: 2));
     }
