@@ -124,7 +124,7 @@ public class HeldScalarTests
             ? "makes a Scalar from a number" : null);
 
     /// <summary>TorchSharp methods reachable from <paramref name="root"/> within TorchSharp (depth-limited) that make a temporary Scalar.</summary>
-    private static List<string> InnerHazards(MethodBase root, int depth = 4)
+    private static List<string> InnerHazards(MethodBase root, int depth = 8)
     {
         var found = new List<string>();
         var seen = new HashSet<MethodBase>();
