@@ -1,4 +1,5 @@
 using AllTokens.Data;
+using AllTokens.Data.Evaluation;
 using AllTokens.Distributed;
 using AllTokens.Models;
 using TorchSharp;
@@ -9,7 +10,10 @@ namespace AllTokens.Training;
 /// <summary>Validation figures, timm-style: accuracies in percent, mean cross-entropy per image.</summary>
 public sealed record EvalResult(double Top1, double Top5, double Loss, int Count);
 
-/// <summary>A small evaluator over an <see cref="IBatchSource"/>: eval forward without gradients, plain CE (T2T_VIT.md §5.1).</summary>
+/// <summary>
+/// The trainer's validation over an <see cref="IBatchSource"/>: eval forward without gradients, plain CE (T2T_VIT.md
+/// §5.1), scored as <c>eval</c> scores (<see cref="ScoreAccumulator"/>), summed over the ranks of a data-parallel run.
+/// </summary>
 public static class Evaluator
 {
     /// <summary>
@@ -23,9 +27,8 @@ public static class Evaluator
         group ??= SingleProcess.Instance;
         bool wasTraining = model.training;
         model.eval();
-        double lossSum = 0;
-        long top1 = 0, top5 = 0;
-        long count = 0;
+        // The same scoring as `eval` (Data.Evaluation.ScoreAccumulator), so a run's validation figures and eval's agree.
+        var acc = new ScoreAccumulator(model.NumClasses, perClass: false);
         Exception? failure = null;
         try
         {
@@ -36,13 +39,7 @@ public static class Evaluator
                 using var b = batch;
                 cancel.ThrowIfCancellationRequested();
                 var x = b.Images.to(dtype, device ?? b.Images.device);
-                var y = b.Labels.to(device ?? b.Labels.device);
-                var logits = model.call(x).to(ScalarType.Float32);
-                lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
-                var (c1, c5) = TopK(logits, y);
-                top1 += c1;
-                top5 += c5;
-                count += b.Size;
+                acc.AddBatch(model.call(x), b.Labels);
             }
         }
         catch (Exception e) when (group.Size > 1 && e is not OperationCanceledException)
@@ -53,14 +50,17 @@ public static class Evaluator
         {
             model.train(wasTraining);
         }
-        Span<double> sums = [lossSum, top1, top5, count];
+        Span<double> sums = [acc.LossSum, acc.Top1Hits, acc.TopKHits, acc.Count];
         Collective.AllReduceSum(group, sums, failure, "validation");
-        (lossSum, top1, top5, count) = (sums[0], (long)sums[1], (long)sums[2], (long)sums[3]);
+        var (lossSum, top1, top5, count) = (sums[0], (long)sums[1], (long)sums[2], (long)sums[3]);
         if (count == 0) throw new InvalidOperationException($"{source.Dataset.Source}: the validation set yielded no batches");
         return new EvalResult(100.0 * top1 / count, 100.0 * top5 / count, lossSum / count, (int)count);
     }
 
-    /// <summary>Number of rows whose label is the arg-max, and among the 5 largest logits (fewer classes: all).</summary>
+    /// <summary>
+    /// Number of rows whose label is the arg-max, and among the 5 largest logits (fewer classes: all), on the logits'
+    /// device: the training log's running batch accuracy (validation uses <see cref="ScoreAccumulator"/>).
+    /// </summary>
     public static (long Top1, long Top5) TopK(Tensor logits, Tensor labels)
     {
         using var scope = torch.NewDisposeScope();

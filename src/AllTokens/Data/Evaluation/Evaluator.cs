@@ -42,7 +42,7 @@ public static class Evaluator
         ArgumentNullException.ThrowIfNull(source);
         var names = source.Dataset.ClassNames;
         int classes = names.Count;
-        var acc = new Accumulator(classes);
+        var acc = new ScoreAccumulator(classes);
         int total = source.Dataset.Count, batches = 0;
         using var noGrad = torch.no_grad();
         foreach (var batch in source.Epoch(0))
@@ -56,10 +56,7 @@ public static class Evaluator
                 if (logits.dim() != 2 || logits.shape[0] != batch.Size || logits.shape[1] != classes)
                     throw new InvalidOperationException(
                         $"the model returned logits of shape [{string.Join(", ", logits.shape)}], expected [{batch.Size}, {classes}] for {classes} classes ({source.Dataset.Source})");
-                float[] flat = logits.data<float>().ToArray();
-                long[] labels = batch.Labels.data<long>().ToArray();
-                for (int i = 0; i < batch.Size; i++)
-                    acc.Add(flat.AsSpan(i * classes, classes), (int)labels[i]);
+                acc.AddBatch(logits, batch.Labels);
             }
             batches++;
             progress?.Report(new EvalProgress(acc.Count, total, batches, source.BatchesPerEpoch));
@@ -70,52 +67,75 @@ public static class Evaluator
     /// <summary>Scores pre-computed logits (row per sample) against labels; used by <see cref="Evaluate"/> and handy in tests.</summary>
     public static EvalResult Score(float[][] logits, int[] labels, IReadOnlyList<string> classNames)
     {
-        var acc = new Accumulator(classNames.Count);
+        var acc = new ScoreAccumulator(classNames.Count);
         for (int i = 0; i < logits.Length; i++) acc.Add(logits[i], labels[i]);
         return acc.Result(classNames);
     }
+}
 
-    private sealed class Accumulator(int classes)
+/// <summary>
+/// The scoring rules shared by <c>eval</c> (<see cref="Evaluator"/>) and the trainer's validation: cross-entropy in
+/// double from float32 logits, the true class's rank in a stable descending order (a tie goes to the lower class
+/// index) for top-1 and top-k, k = min(5, classes). Per-class counts and the confusion matrix only when asked for.
+/// </summary>
+public sealed class ScoreAccumulator(int classes, bool perClass = true)
+{
+    private readonly long[] correct = new long[perClass ? classes : 0], count = new long[perClass ? classes : 0];
+    private readonly long[][] confusion = perClass ? Enumerable.Range(0, classes).Select(_ => new long[classes]).ToArray() : [];
+    private long top1, topK;
+    private double lossSum;
+
+    public int Count { get; private set; }
+    public double LossSum => lossSum;
+    public long Top1Hits => top1;
+    public long TopKHits => topK;
+
+    /// <summary>Scores a batch: float32 logits [B, C] (any device) against labels [B].</summary>
+    public void AddBatch(Tensor logits, Tensor labels)
     {
-        private readonly long[] correct = new long[classes], count = new long[classes];
-        private readonly long[][] confusion = Enumerable.Range(0, classes).Select(_ => new long[classes]).ToArray();
-        private long top1, topK;
-        private double lossSum;
-        public int Count { get; private set; }
+        if (logits.dim() != 2 || logits.shape[1] != classes || labels.numel() != logits.shape[0])
+            throw new ArgumentException($"logits [{string.Join(", ", logits.shape)}] and {labels.numel()} labels do not fit {classes} classes");
+        float[] flat = logits.to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
+        long[] y = labels.to(ScalarType.Int64).cpu().contiguous().data<long>().ToArray();
+        for (int i = 0; i < y.Length; i++) Add(flat.AsSpan(i * classes, classes), (int)y[i]);
+    }
 
-        public void Add(ReadOnlySpan<float> logits, int label)
-        {
-            if ((uint)label >= (uint)classes) throw new ArgumentOutOfRangeException(nameof(label), $"label {label} outside 0..{classes - 1}");
-            if (logits.Length != classes) throw new ArgumentException($"{logits.Length} logits for {classes} classes");
-            int k = Math.Min(5, classes);
-            double max = double.NegativeInfinity;
-            int argmax = 0;
-            for (int c = 0; c < classes; c++)
-                if (logits[c] > max)
-                {
-                    max = logits[c];
-                    argmax = c;
-                }
-            double sumExp = 0;
-            for (int c = 0; c < classes; c++) sumExp += Math.Exp(logits[c] - max);
-            lossSum += Math.Log(sumExp) - (logits[label] - max);
-            // Rank of the true class in a stable descending sort: classes scored higher, or equal with a lower index.
-            int rank = 0;
-            float t = logits[label];
-            for (int c = 0; c < classes; c++)
-                if (logits[c] > t || (logits[c] == t && c < label)) rank++;
-            if (rank == 0) top1++;
-            if (rank < k) topK++;
-            count[label]++;
-            if (argmax == label) correct[label]++;
-            confusion[label][argmax]++;
-            Count++;
-        }
+    public void Add(ReadOnlySpan<float> logits, int label)
+    {
+        if ((uint)label >= (uint)classes) throw new ArgumentOutOfRangeException(nameof(label), $"label {label} outside 0..{classes - 1}");
+        if (logits.Length != classes) throw new ArgumentException($"{logits.Length} logits for {classes} classes");
+        int k = Math.Min(5, classes);
+        double max = double.NegativeInfinity;
+        int argmax = 0;
+        for (int c = 0; c < classes; c++)
+            if (logits[c] > max)
+            {
+                max = logits[c];
+                argmax = c;
+            }
+        double sumExp = 0;
+        for (int c = 0; c < classes; c++) sumExp += Math.Exp(logits[c] - max);
+        lossSum += Math.Log(sumExp) - (logits[label] - max);
+        // Rank of the true class in a stable descending sort: classes scored higher, or equal with a lower index.
+        int rank = 0;
+        float t = logits[label];
+        for (int c = 0; c < classes; c++)
+            if (logits[c] > t || (logits[c] == t && c < label)) rank++;
+        if (rank == 0) top1++;
+        if (rank < k) topK++;
+        Count++;
+        if (!perClass) return;
+        count[label]++;
+        if (argmax == label) correct[label]++;
+        confusion[label][argmax]++;
+    }
 
-        public EvalResult Result(IReadOnlyList<string> names) => new(Count,
+    /// <summary>The figures so far (needs per-class counting).</summary>
+    public EvalResult Result(IReadOnlyList<string> names) => !perClass
+        ? throw new InvalidOperationException("this accumulator keeps no per-class counts")
+        : new(Count,
             Count == 0 ? double.NaN : (double)top1 / Count,
             Count == 0 ? double.NaN : (double)topK / Count,
             Count == 0 ? double.NaN : lossSum / Count,
             names, correct, count, confusion);
-    }
 }
