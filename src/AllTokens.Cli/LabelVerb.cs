@@ -31,7 +31,8 @@ public static class LabelVerb
         CliCommon.ThreadsOption,
     ], positional: "[import DIR | inspect LABELS]", minPositional: 0,
         details: "Annotating keeps, at every location of the annotator's token grid, the top-k logits of its classifier (aux_head for LV-ViT)\n" +
-                 "applied to the patch tokens. An interrupted run resumes: images already in the store are skipped.\n" +
+                 "applied to the patch tokens, and a checksum of each source image (training checks a sample of them, so labels\n" +
+                 "made from other pictures under the same keys are refused). An interrupted run resumes: images already in the store are skipped.\n" +
                  "`label import` reads official <class>/<stem>.pt files ([2, k, h, w] fp16) into a store keyed <class>/<stem>."), Run);
 
     private static int Run(ParsedArgs a, Console2 io)
