@@ -25,7 +25,7 @@ public static class DoctorVerb
         bool ok = true;
         using (var scope = torch.NewDisposeScope())
         {
-            var x = torch.arange(6, dtype: ScalarType.Float32).reshape(2, 3);
+            var x = torch.tensor(new float[] { 0, 1, 2, 3, 4, 5 }).reshape(2, 3);
             report["libtorch"] = x.sum().item<float>() == 15f ? "ok" : "wrong result";
         }
         report["threads"] = torch.get_num_threads();
@@ -58,7 +58,7 @@ public static class DoctorVerb
         using var scope = torch.NewDisposeScope();
         int n = group.Size, r = group.Rank;
         // All-reduce: each rank contributes (rank + 1) · [1, 2, 3]; the sum is n(n+1)/2 · [1, 2, 3].
-        var t = torch.tensor(new float[] { 1, 2, 3 }) * (r + 1);
+        var t = torch.tensor(new float[] { r + 1, 2 * (r + 1), 3 * (r + 1) });
         group.AllReduceSum(t);
         float expected = n * (n + 1) / 2f;
         bool reduceOk = t.data<float>().ToArray().SequenceEqual([expected, 2 * expected, 3 * expected]);

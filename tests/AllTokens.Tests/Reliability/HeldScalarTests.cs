@@ -14,8 +14,8 @@ namespace AllTokens.Tests.Reliability;
 /// </summary>
 public class HeldScalarTests
 {
-    // Where a step runs (the model, the training loop and its losses, token labeling, data-parallel averaging) and
-    // where loader threads run (data, transforms): the whole library. The CLI's pictures are drawn after training.
+    // Where a step runs (the model, the training loop and its losses, token labeling, data-parallel averaging), where
+    // loader threads run (data, transforms), and the CLI around them: the library and the CLI, whole.
     private static readonly string[] HotNamespaces = ["AllTokens"];
 
     // One-off setup before any loader thread runs: weight initialisation. (Constructors are skipped as well.)
@@ -94,7 +94,7 @@ public class HeldScalarTests
 
     private const BindingFlags AllDeclared = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
 
-    private static List<Type> ScannedTypes() => typeof(Held).Assembly.GetTypes()
+    private static List<Type> ScannedTypes() => typeof(Held).Assembly.GetTypes().Concat(typeof(AllTokens.Cli.Program).Assembly.GetTypes())
         .Where(t => t.Namespace is { } ns && HotNamespaces.Any(h => ns == h || ns.StartsWith(h + ".", StringComparison.Ordinal)))
         .Where(t => !SetupTypes.Any(s => t.FullName!.StartsWith(s, StringComparison.Ordinal)))
         .ToList();
