@@ -46,12 +46,22 @@ public static class LabelGeneration
             int per = 3 * transform.Size * transform.Size;
             var pixels = new float[chunk.Length * per];
             var sums = new uint[chunk.Length];
-            Parallel.For(0, chunk.Length, i =>
+            try
             {
-                var image = dataset.Load(chunk[i]);
-                if (checksums) sums[i] = LabelStore.ImageChecksum(image);
-                transform.Apply(image).CopyTo(pixels, i * per);
-            });
+                Parallel.For(0, chunk.Length, i =>
+                {
+                    var image = dataset.Load(chunk[i]);
+                    if (checksums) sums[i] = LabelStore.ImageChecksum(image);
+                    transform.Apply(image).CopyTo(pixels, i * per);
+                });
+            }
+            catch (AggregateException e) when (e.InnerExceptions.OfType<ImageDecodeException>().FirstOrDefault() is { } bad)
+            {
+                // An image that cannot be labelled: say which and what to do; the records written so far stay resumable.
+                string problem = bad.Message.StartsWith(bad.FileName + ": ", StringComparison.Ordinal) ? bad.Message[(bad.FileName.Length + 2)..] : bad.Message;
+                throw new ImageDecodeException(bad.FileName, $"{problem}. `label` stopped here; the {writer.Count} images labelled so far are " +
+                    $"kept in {writer.PartialPath}: remove or replace the file and run `label` again to resume", bad);
+            }
             LabelMap[] maps;
             using (var scope = torch.NewDisposeScope())
             {

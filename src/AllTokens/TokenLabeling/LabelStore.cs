@@ -360,7 +360,8 @@ public sealed class LabelStore : IDisposable
     /// Checks that the labels were made from <paramref name="dataset"/>'s images, not from other images under the same
     /// keys: decodes up to <paramref name="samples"/> images spread evenly over the dataset and compares each with the
     /// checksum its record keeps. Nothing to check (returns 0) when the store keeps no checksums; otherwise returns how
-    /// many images were compared. Every key must be in the store (<see cref="CheckMatches"/> first).
+    /// many images were compared (an image that no longer decodes is passed over: the loader skips it as well). Every
+    /// key must be in the store (<see cref="CheckMatches"/> first).
     /// </summary>
     /// <exception cref="LabelStoreException">A sampled image differs from the one its labels were made from.</exception>
     public int CheckImages(Data.IImageDataset dataset, int samples = 16)
@@ -369,17 +370,28 @@ public sealed class LabelStore : IDisposable
         int n = Math.Min(samples, dataset.Count);
         var picked = Enumerable.Range(0, n).Select(j => (int)((long)j * dataset.Count / n)).ToArray();
         var differ = new List<string>();
+        int compared = 0;
         foreach (int i in picked)
         {
             string key = dataset.GetKey(i);
-            if (SourceChecksum(key) != ImageChecksum(dataset.Load(i))) differ.Add(key);
+            Data.RgbImage image;
+            try
+            {
+                image = dataset.Load(i);
+            }
+            catch (Data.ImageDecodeException)
+            {
+                continue; // unreadable now: the loader skips it too, so its labels are never used
+            }
+            compared++;
+            if (SourceChecksum(key) != ImageChecksum(image)) differ.Add(key);
         }
-        if (differ.Count == 0) return n;
+        if (differ.Count == 0) return compared;
         string examples = string.Join(", ", differ.Take(3).Select(k => $"'{k}'"));
-        if (differ.Count == n)
-            throw new LabelStoreException(Path, null, $"the labels were made from other images: all {n} images of {dataset.Source} checked " +
+        if (differ.Count == compared)
+            throw new LabelStoreException(Path, null, $"the labels were made from other images: all {compared} images of {dataset.Source} checked " +
                 $"(e.g. {examples}) differ from the ones labelled under the same keys; labels of another dataset? Run `label` on this one");
-        throw new LabelStoreException(Path, null, $"{differ.Count} of {n} images of {dataset.Source} checked differ from the ones their labels " +
+        throw new LabelStoreException(Path, null, $"{differ.Count} of {compared} images of {dataset.Source} checked differ from the ones their labels " +
             $"were made from (e.g. {examples}): the images changed since `label` ran; label them again into a new store");
     }
 

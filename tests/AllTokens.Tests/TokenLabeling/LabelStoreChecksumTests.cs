@@ -110,6 +110,17 @@ public sealed class LabelStoreChecksumTests : IDisposable
     }
 
     [Fact]
+    public void AnImageThatNoLongerDecodesIsPassedOver()
+    {
+        var ds = new FakeDataset(8, 3);
+        WriteFor(ds);
+        using var s = LabelStore.Open(StorePath);
+        // The loader skips an unreadable image (non-strict data), so its labels are never read: nothing to compare.
+        var broken = new FakeDataset(8, 3, corrupt: [0, 4]);
+        Assert.Equal(6, s.CheckImages(broken));
+    }
+
+    [Fact]
     public void StoresWithoutChecksumsAreNotChecked()
     {
         var ds = new FakeDataset(4, 3);

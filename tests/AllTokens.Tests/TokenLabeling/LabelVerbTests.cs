@@ -134,6 +134,30 @@ public sealed class LabelVerbTests : IDisposable
     }
 
     [Fact]
+    public void AnUnreadableImageStopsLabellingWithAClearErrorAndTheRunResumes()
+    {
+        string data = MakeFolder(), store = Path.Combine(dir, "labels.atl");
+        string bad = Path.Combine(data, "class1", "img9.png");
+        File.WriteAllBytes(bad, File.ReadAllBytes(Path.Combine(data, "class1", "img0.png"))[..60]); // a truncated PNG
+        var (code, _, err) = Run("label", "--annotator", "lvvit_t", "--num-classes", "2", "--data", data, "--out", store, "--topk", "2",
+            "--batch", "2", "--img-size", "32");
+        Assert.Equal(1, code);
+        Assert.Contains(bad, err);
+        Assert.Contains("run `label` again to resume", err);
+        Assert.Contains("6 images labelled so far", err); // class1/img9.png sorts last: three batches of 2 before it
+        Assert.DoesNotContain("   at ", err); // no stack trace
+        Assert.True(File.Exists(store + ".partial"));
+
+        File.Delete(bad);
+        (code, _, err) = Run("label", "--annotator", "lvvit_t", "--num-classes", "2", "--data", data, "--out", store, "--topk", "2",
+            "--batch", "2", "--img-size", "32");
+        Assert.True(code == 0, err);
+        Assert.Contains("6 already labelled", err);
+        using var s = LabelStore.Open(store);
+        Assert.Equal(6, s.Count);
+    }
+
+    [Fact]
     public void ImportAndInspectOfficialData()
     {
         string fixture = Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenlabel", "official");
