@@ -113,6 +113,13 @@ public static class LabelVerb
         var h = store.Header;
         if (key is not null)
         {
+            if (!store.Contains(key))
+            {
+                if (store.Count == 0) throw new KeyNotFoundException($"{path}: no labels for '{key}': the store holds no images");
+                // Edit distance over every key would be slow on ImageNet-size stores; the first 20,000 are plenty to show the form.
+                var near = store.Keys.Take(20_000).Select(k => (k, d: EditDistance.Between(key, k))).OrderBy(x => x.d).First().k;
+                throw new KeyNotFoundException($"{path}: no labels for '{key}' among its {store.Count} images (keys look like '{store.Keys[0]}'; nearest: '{near}')");
+            }
             var map = store.Get(key);
             io.Out.WriteLine($"{key}: top-{map.K} over {h.NumClasses} classes on {map.Height}×{map.Width}; top class per location:");
             for (int r = 0; r < map.Height; r++)

@@ -70,7 +70,8 @@ public static class Program
 
     private static bool IsUserFacing(Exception e) => e is UnknownModelException or CheckpointFormatException or CheckpointMismatchException
         or ImageDecodeException or FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException
-        or ArgumentException or InvalidDataException or NotSupportedException or InvalidOperationException;
+        or ArgumentException or InvalidDataException or NotSupportedException or InvalidOperationException
+        or KeyNotFoundException; // ours name the file and the key (label stores)
 }
 
 /// <summary>The two output streams a verb writes to.</summary>

@@ -1,7 +1,7 @@
 namespace AllTokens;
 
 /// <summary>Levenshtein distance, for "did you mean" suggestions (model names, recipe keys).</summary>
-internal static class EditDistance
+public static class EditDistance
 {
     /// <summary>The fewest single-character insertions, deletions and substitutions that turn <paramref name="a"/> into <paramref name="b"/>.</summary>
     public static int Between(string a, string b)

@@ -115,6 +115,12 @@ public sealed class LabelVerbTests : IDisposable
         Assert.Contains("mean top-1 probability", output);
         Assert.Contains("checksums   of every source image", output);
 
+        (code, _, err) = Run("label", "inspect", store, "--image", "class0/img7.png");
+        Assert.Equal(1, code);
+        Assert.Contains("no labels for 'class0/img7.png' among its 6 images", err);
+        Assert.Contains("nearest: 'class0/img", err);
+        Assert.DoesNotContain("   at ", err);
+
         string png = Path.Combine(dir, "map.png");
         (code, output, err) = Run("label", "inspect", store, "--image", "class0/img1.png", "--png", png);
         Assert.True(code == 0, err);
