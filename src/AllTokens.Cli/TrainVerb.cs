@@ -164,8 +164,11 @@ public static class TrainVerb
             bar.Finish();
             var inv = CultureInfo.InvariantCulture;
             string ema = result.LastEmaEval is { } e ? string.Create(inv, $", EMA top-1 {e.Top1:F2}") : "";
-            io.Out.WriteLine(string.Create(inv, $"done: {result.EpochsDone} epochs, {result.GlobalStep} steps; val top-1 {result.LastEval?.Top1:F2}") + ema +
-                             string.Create(inv, $"; best {result.BestMetric:F2} (epoch {result.BestEpoch}); weights: {Path.Combine(runDir, "best.safetensors")}"));
+            if (result.LastEval is null) // no validation split: nothing to rank epochs by, so no best.safetensors
+                io.Out.WriteLine($"done: {result.EpochsDone} epochs, {result.GlobalStep} steps; no validation set; weights: {Path.Combine(runDir, "last.safetensors")}");
+            else
+                io.Out.WriteLine(string.Create(inv, $"done: {result.EpochsDone} epochs, {result.GlobalStep} steps; val top-1 {result.LastEval.Top1:F2}") + ema +
+                                 string.Create(inv, $"; best {result.BestMetric:F2} (epoch {result.BestEpoch}); weights: {Path.Combine(runDir, "best.safetensors")}"));
             return 0;
         }
         catch (OperationCanceledException)

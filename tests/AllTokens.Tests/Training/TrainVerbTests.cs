@@ -46,6 +46,24 @@ public sealed class TrainVerbTests : IDisposable
     ];
 
     [Fact]
+    public void WithoutAValidationSetTheSummaryNamesTheLastWeights()
+    {
+        // An image folder with train/ only: nothing to rank epochs by, so there is no best.safetensors to point at.
+        string data = Path.Combine(dir, "trainonly"), run = Path.Combine(dir, "run-noval");
+        var png = File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "fixtures", "images", "gradient_37x23.png"));
+        for (int c = 0; c < 2; c++)
+        {
+            Directory.CreateDirectory(Path.Combine(data, "train", $"c{c}"));
+            for (int i = 0; i < 4; i++) File.WriteAllBytes(Path.Combine(data, "train", $"c{c}", $"img{i}.png"), png);
+        }
+        var (code, output, err) = Run(Base(data, run));
+        Assert.True(code == 0, err);
+        Assert.Contains($"done: 1 epochs, 1 steps; no validation set; weights: {Path.Combine(run, "last.safetensors")}", output);
+        Assert.True(File.Exists(Path.Combine(run, "last.safetensors")));
+        Assert.False(File.Exists(Path.Combine(run, "best.safetensors")));
+    }
+
+    [Fact]
     public void TrainsResumesAndRefusesConfigChanges()
     {
         string data = IdxFolder(), run = Path.Combine(dir, "run");
