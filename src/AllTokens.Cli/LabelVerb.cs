@@ -21,7 +21,7 @@ public static class LabelVerb
         new OptionSpec("split", "S", "dataset split", "train"),
         new OptionSpec("out", "LABELS", "label store to write (resumed when it exists)"),
         new OptionSpec("img-size", "R", "annotator resolution: shorter side resized to R, centre crop R (crop_pct 1.0, as official)"),
-        new OptionSpec("topk", "K", "classes kept per location", "5"),
+        new OptionSpec("topk", "K", "classes kept per location (all of them when the annotator has fewer)", "5"),
         new OptionSpec("batch", "B", "images per forward pass", "32"),
         new OptionSpec("classes", "N", "class count of official label data (label import)"),
         new OptionSpec("image", "KEY", "label inspect: print this image's map (dataset key, e.g. Coat/img_1.png or train/000017)"),
@@ -65,6 +65,8 @@ public static class LabelVerb
             a.Int("num-classes", 1, 1_000_000) ?? (a.Has("weights") ? null : dataset.ClassNames.Count),
             a.Int("img-size", 16, 8192), PreferEma: a.Flag("ema")));
         using var model = loaded.Model;
+        // The default top-5 cannot exceed the annotator's classes (a 2-class dataset keeps both); an explicit --topk is checked as given.
+        if (!a.Has("topk")) topk = Math.Min(topk, model.NumClasses);
         CliCommon.PrintReport(loaded.Report, io);
         if (loaded.Report is null) io.Err.WriteLine($"note: no --weights given; {loaded.Name} is randomly initialised");
         var pre = CliCommon.PreprocessingFor(loaded, io);

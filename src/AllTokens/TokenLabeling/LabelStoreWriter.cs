@@ -57,7 +57,16 @@ public sealed class LabelStoreWriter : IDisposable
         }
         if (File.Exists(partial))
         {
-            var fs = new FileStream(partial, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            FileStream fs;
+            try
+            {
+                fs = new FileStream(partial, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException && File.Exists(partial))
+            {
+                throw new LabelStoreException(partial, null, $"cannot open it for writing ({e.Message}); is another `label` run writing this " +
+                    "store? Let it finish, or use another --out");
+            }
             try
             {
                 var head = new byte[LabelStore.HeaderSize];

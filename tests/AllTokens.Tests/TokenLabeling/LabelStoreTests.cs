@@ -164,6 +164,19 @@ public sealed class LabelStoreTests : IDisposable
     }
 
     [Fact]
+    public void AStoreBeingWrittenIsNotOpenedTwice()
+    {
+        using var first = LabelStoreWriter.OpenOrCreate(StorePath, Head);
+        first.Add("a", Map(0));
+        var e = Assert.Throws<LabelStoreException>(() => LabelStoreWriter.OpenOrCreate(StorePath, Head));
+        Assert.Equal(StorePath + ".partial", e.FilePath);
+        Assert.Contains("another `label` run", e.Message);
+        first.Complete();
+        using var s = LabelStore.Open(StorePath);
+        Assert.Equal(1, s.Count);
+    }
+
+    [Fact]
     public void DamageBeforeTheTailRefusesToResume()
     {
         using (var w = LabelStoreWriter.OpenOrCreate(StorePath, Head))

@@ -155,12 +155,14 @@ public sealed class LabelVerbTests : IDisposable
         Assert.True(File.Exists(store + ".partial"));
 
         File.Delete(bad);
-        (code, _, err) = Run("label", "--annotator", "lvvit_t", "--num-classes", "2", "--data", data, "--out", store, "--topk", "2",
+        // Without --topk: the default top-5 becomes top-2 for two classes, the same store settings, so it resumes.
+        (code, _, err) = Run("label", "--annotator", "lvvit_t", "--num-classes", "2", "--data", data, "--out", store,
             "--batch", "2", "--img-size", "32");
         Assert.True(code == 0, err);
         Assert.Contains("6 already labelled", err);
         using var s = LabelStore.Open(store);
         Assert.Equal(6, s.Count);
+        Assert.Equal(2, s.Header.K);
     }
 
     [Fact]
