@@ -29,6 +29,10 @@ public static class Dense
         return UseConvKernel && TakesConvPath(linear, x) ? AsConvolution(linear, x) : linear.call(x);
     }
 
+    /// <summary>y = x·Wᵀ + b for a weight [C, K] and bias that are not a module's own (Layers/NormLinear's folded ones).</summary>
+    public static Tensor Forward(Tensor x, Tensor weight, Tensor? bias) =>
+        UseConvKernel && TakesConvPath(weight, x) ? AsConvolution(weight, bias, x) : nn.functional.linear(x, weight, bias);
+
     /// <summary>
     /// Sees every linear called here with its input (the convolution path skips the module's forward hooks);
     /// Training.StepBreakdown sets it while it captures each part's input.
@@ -36,24 +40,28 @@ public static class Dense
     internal static Action<Linear, Tensor>? Probe { get; set; }
 
     /// <summary>Whether <see cref="AsConvolution"/> applies and pays: fp32 on a CPU, ≥ <see cref="MinRows"/> rows.</summary>
-    internal static bool TakesConvPath(Linear linear, Tensor x)
+    internal static bool TakesConvPath(Linear linear, Tensor x) => TakesConvPath(linear.weight!, x);
+
+    private static bool TakesConvPath(Tensor w, Tensor x)
     {
-        var w = linear.weight!;
         if (x.dim() < 2 || x.device_type != DeviceType.CPU || x.dtype != ScalarType.Float32 || w.dtype != ScalarType.Float32) return false;
-        return x.shape[^1] == linear.in_features && x.numel() / linear.in_features >= MinRows;
+        long inFeatures = w.shape[1];
+        return x.shape[^1] == inFeatures && x.numel() / inFeatures >= MinRows;
     }
 
     /// <summary>The linear as a 1×1 convolution over [P, K, 1, N] (any input of shape [..., N, K]).</summary>
-    internal static Tensor AsConvolution(Linear linear, Tensor x)
+    internal static Tensor AsConvolution(Linear linear, Tensor x) => AsConvolution(linear.weight!, linear.bias, x);
+
+    private static Tensor AsConvolution(Tensor weight, Tensor? bias, Tensor x)
     {
         long k = x.shape[^1], n = x.dim() >= 2 ? x.shape[^2] : 1;
         long p = x.numel() / Math.Max(1, k * n);
-        long c = linear.out_features;
+        long c = weight.shape[0];
         var outShape = x.shape.ToArray();
         outShape[^1] = c;
         using var image = x.reshape(p, 1, n, k).permute(0, 3, 1, 2);            // [P, K, 1, N], NHWC strides
-        using var kernel = linear.weight!.view(c, k, 1, 1);
-        using var y = nn.functional.conv2d(image, kernel, linear.bias);         // [P, C, 1, N], NHWC
+        using var kernel = weight.view(c, k, 1, 1);
+        using var y = nn.functional.conv2d(image, kernel, bias);                // [P, C, 1, N], NHWC
         return y.permute(0, 2, 3, 1).reshape(outShape);
     }
 }

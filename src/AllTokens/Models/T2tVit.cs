@@ -87,7 +87,10 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
                 var s0 = SoftSplit.Strided ? SoftSplit.FromImage(x, 7, 4, 2) : soft_split0!.call(x).transpose(1, 2); // [B, (H/4)², 147]
                 var a1 = attention1!.call(s0);                                                         // [B, (H/4)², 64]
                 var a2 = attention2!.call(soft_split1!.call(Restructure(a1)).transpose(1, 2));         // [B, (H/8)², 64]
-                var tokens = Dense.Forward(project, soft_split2!.call(Restructure(a2)).transpose(1, 2)); // [B, (H/16)², E]
+                // soft split 2 + project as one convolution over the tokens (Layers/SoftSplit, no unfolded columns).
+                var tokens = SoftSplit.ProjectAsConvolution && project is Linear lin
+                    ? SoftSplit.LinearOfTokens(a2, lin, 3, 2, 1)
+                    : Dense.Forward(project, soft_split2!.call(Restructure(a2)).transpose(1, 2));      // [B, (H/16)², E]
                 scope.MoveToOuter(s0, a1, a2);
                 return new T2tStages(scope.MoveToOuter(tokens), s0, a1, a2);
             }

@@ -12,7 +12,7 @@ namespace AllTokens.Tests.Layers;
 /// </summary>
 public class KernelPathTests
 {
-    private static void AssertClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
+    internal static void AssertClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
     {
         Assert.Equal(expected.shape, actual.shape);
         double err = (expected - actual).abs().max().item<float>();

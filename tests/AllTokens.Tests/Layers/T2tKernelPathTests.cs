@@ -1,0 +1,173 @@
+using AllTokens.Layers;
+using AllTokens.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace AllTokens.Tests.Layers;
+
+/// <summary>
+/// The T2T module's speed paths: the first T2T layer's LayerNorm folded into its kqv/qkv when the input needs no
+/// gradient (Layers/NormLinear), and the last soft split + project as one convolution (SoftSplit.LinearOfTokens), give
+/// the values and gradients of the plain ops within float rounding.
+/// </summary>
+public class T2tKernelPathTests
+{
+    private static void AssertClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5) =>
+        KernelPathTests.AssertClose(expected, actual, rtol, atol);
+
+    /// <summary>A LayerNorm with an affine far from (1, 0), so a fold that dropped γ or β would show.</summary>
+    private static LayerNorm Norm(long dim)
+    {
+        var norm = nn.LayerNorm(dim, eps: 1e-5);
+        using var _ = torch.no_grad();
+        norm.weight!.copy_(torch.rand(dim) + 0.5);
+        norm.bias!.copy_(torch.randn(dim) * 0.3);
+        return norm;
+    }
+
+    private static Tensor[] Grads(params nn.Module[] modules) =>
+        modules.SelectMany(m => m.parameters()).Where(p => p.requires_grad).Select(p => p.grad!.clone()).ToArray();
+
+    [Theory]
+    [InlineData(147, 192, true)]   // the Performer's norm1 + kqv on the image's soft split
+    [InlineData(147, 192, false)]  // the token transformer's qkv has no bias
+    [InlineData(40, 24, true)]
+    public void FoldedNormLinearMatchesLayerNormThenLinear(long dim, long outFeatures, bool bias)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(21);
+        var norm = Norm(dim);
+        var lin = nn.Linear(dim, outFeatures, hasBias: bias);
+        var x = torch.randn(2, 100, dim) * 2 + 0.5; // rows that are not centred
+        Assert.True(NormLinear.Folds(norm, x));
+
+        var y = NormLinear.Forward(norm, 1e-5, lin, x);
+        var g = torch.randn(y.shape);
+        y.backward([g]);
+        var folded = Grads(norm, lin);
+        norm.zero_grad();
+        lin.zero_grad();
+
+        var expected = lin.call(norm.call(x));
+        expected.backward([g]);
+        var plain = Grads(norm, lin);
+        AssertClose(expected, y);
+        Assert.Equal(bias ? 4 : 3, plain.Length); // γ, β, W (, b)
+        for (int i = 0; i < plain.Length; i++) AssertClose(plain[i], folded[i]);
+    }
+
+    [Fact]
+    public void TheFoldAppliesOnlyWhereNoInputGradientIsNeeded()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(22);
+        var norm = Norm(16);
+        var lin = nn.Linear(16, 8);
+        var x = torch.randn(3, 70, 16);
+        Assert.False(NormLinear.Folds(norm, x.detach().requires_grad_(true))); // later soft splits: their input needs a gradient
+        using (torch.no_grad())
+        {
+            Assert.False(NormLinear.Folds(norm, x)); // inference: the plain pair, bit for bit
+            Assert.Equal(0.0, (NormLinear.Forward(norm, 1e-5, lin, x) - Dense.Forward(lin, norm.call(x))).abs().max().item<float>());
+        }
+        norm.weight!.requires_grad_(false);
+        Assert.False(NormLinear.Folds(norm, x)); // a frozen LayerNorm
+        using var plainNorm = nn.LayerNorm(16, elementwise_affine: false);
+        Assert.False(NormLinear.Folds(plainNorm, x));
+    }
+
+    [Fact]
+    public void Bf16FoldFollowsTheFp32PairWithinBf16Rounding()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(23);
+        var norm = Norm(147);
+        var lin = nn.Linear(147, 192);
+        var x = torch.randn(2, 196, 147);
+        var expected = lin.call(norm.call(x));
+        var g = torch.randn(expected.shape);
+        expected.backward([g]);
+        var plain = Grads(norm, lin);
+        norm.to(ScalarType.BFloat16);
+        lin.to(ScalarType.BFloat16);
+        norm.zero_grad();
+        lin.zero_grad();
+        var y = NormLinear.Forward(norm, 1e-5, lin, x.to(ScalarType.BFloat16));
+        Assert.Equal(ScalarType.BFloat16, y.dtype);
+        y.backward([g.to(ScalarType.BFloat16)]);
+        var folded = Grads(norm, lin);
+        static double RelErr(Tensor a, Tensor b) => (a - b.to(ScalarType.Float32)).norm().item<float>() / a.norm().item<float>();
+        Assert.True(RelErr(expected, y) < 0.02, $"output relative error {RelErr(expected, y):E3}"); // ~0.4 % per bf16 rounding
+        for (int i = 0; i < plain.Length; i++)
+            Assert.True(RelErr(plain[i], folded[i]) < 0.05, $"gradient {i}: relative error {RelErr(plain[i], folded[i]):E3}");
+    }
+
+    [Theory]
+    [InlineData(2, 7, 5, 9, true)]    // odd grid 7×7 → 4×4
+    [InlineData(2, 8, 64, 32, true)]  // T2T's 64 channels, 8×8 → 4×4
+    [InlineData(1, 6, 3, 4, false)]
+    public void LinearOfTokensEqualsUnfoldThenLinear(int b, int side, int c, int outFeatures, bool bias)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(24);
+        var lin = nn.Linear(c * 9, outFeatures, hasBias: bias);
+        using var unfold = nn.Unfold((3, 3), stride: (2, 2), padding: (1, 1));
+        var tokens = torch.randn(b, side * side, c);
+
+        var t1 = tokens.detach().requires_grad_(true);
+        var expected = lin.call(unfold.call(t1.transpose(1, 2).reshape(b, c, side, side)).transpose(1, 2));
+        var g = torch.randn(expected.shape);
+        expected.backward([g]);
+        var plain = Grads(lin);
+        lin.zero_grad();
+
+        var t2 = tokens.detach().requires_grad_(true);
+        var y = SoftSplit.LinearOfTokens(t2, lin, 3, 2, 1);
+        Assert.Equal(expected.shape, y.shape);
+        y.backward([g]);
+        AssertClose(expected, y);
+        AssertClose(t1.grad!, t2.grad!);
+        var conv = Grads(lin);
+        for (int i = 0; i < plain.Length; i++) AssertClose(plain[i], conv[i]);
+        Assert.Equal([outFeatures, c * 9L], lin.weight!.shape); // the parameter keeps the Linear's shape (state-dict key)
+    }
+
+    [Fact]
+    public void LinearOfTokensRejectsWhatItCannotSplit()
+    {
+        using var _ = torch.NewDisposeScope();
+        var lin = nn.Linear(45, 4);
+        Assert.Contains("square", Assert.Throws<ArgumentException>(() => SoftSplit.LinearOfTokens(torch.randn(1, 12, 5), lin, 3, 2, 1)).Message);
+        Assert.Contains("45", Assert.Throws<ArgumentException>(() => SoftSplit.LinearOfTokens(torch.randn(1, 16, 4), lin, 3, 2, 1)).Message);
+        Assert.Throws<ArgumentException>(() => SoftSplit.LinearOfTokens(torch.randn(16, 5), lin, 3, 2, 1));
+    }
+
+    [Theory]
+    [InlineData("t2t_vit_7")]    // Performer T2T layers
+    [InlineData("t2t_vit_t_14")] // token-transformer T2T layers
+    public void AT2tModelGivesTheSameLogitsAndGradientsWithTheFold(string name)
+    {
+        // An image that needs no gradient (training) takes the fold; the same image requiring a gradient takes the plain
+        // LayerNorm → Linear. Eval mode, so no dropout draws differ.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(25);
+        using var model = ModelRegistry.Create(name, new ModelOptions(NumClasses: 10, ImgSize: 32));
+        model.eval();
+        var image = torch.randn(2, 3, 32, 32);
+
+        var folded = model.call(image);
+        var g = torch.randn(folded.shape);
+        folded.backward([g]);
+        var foldedGrads = Grads(model);
+        model.zero_grad();
+
+        var plain = model.call(image.detach().requires_grad_(true));
+        plain.backward([g]);
+        var plainGrads = Grads(model);
+        AssertClose(plain, folded);
+        Assert.Equal(plainGrads.Length, foldedGrads.Length);
+        for (int i = 0; i < plainGrads.Length; i++) AssertClose(plainGrads[i], foldedGrads[i]);
+        using (torch.no_grad()) AssertClose(plain, model.call(image)); // inference: no fold
+    }
+}
