@@ -8,7 +8,8 @@ namespace AllTokens.Training;
 
 /// <summary>One part of a train step: a top-level module (each block on its own) or the optimizer.</summary>
 /// <param name="Input">Shape of the part's input, as captured from a forward of the whole model; empty for the optimizer.</param>
-/// <param name="MedianSeconds">Forward + backward of the part alone (the optimizer: one AdamW update of every parameter).</param>
+/// <param name="MedianSeconds">Forward + backward of the part alone (the optimizer: one AdamW update of every parameter; for a
+/// bf16 model with the gradients' conversion to fp32 and the copy of the fp32 masters back, as a bf16 step does).</param>
 public sealed record StepPart(string Name, long[] Input, double MedianSeconds);
 
 /// <summary>
@@ -16,7 +17,8 @@ public sealed record StepPart(string Name, long[] Input, double MedianSeconds);
 /// backward with a gradient of ones, on the input it received in one forward of the whole model (captured with
 /// forward pre-hooks), plus an AdamW step over all parameters. Parts are run in turn, round after round, so a drift
 /// of the machine's speed spreads over all of them. The parts' sum leaves out the loss and the glue between modules
-/// (class token, position embedding), so it comes out a little below a whole step.
+/// (class token, position embedding), so it comes out a little below a whole step. A model whose parameters are bf16
+/// (bench --bf16) is timed in bf16, its optimizer part with fp32 master weights as the bf16 step keeps them.
 /// </summary>
 public static class StepBreakdown
 {
@@ -27,7 +29,9 @@ public static class StepBreakdown
         model.to(dev);
         model.train();
         var parts = TopLevelParts(model);
-        var inputs = CaptureInputs(model, parts, batch, resolution, dev);
+        var trainable = model.parameters().Where(p => p.requires_grad).ToList();
+        var dtype = trainable.FirstOrDefault(p => p.is_floating_point())?.dtype ?? ScalarType.Float32; // the compute dtype
+        var inputs = CaptureInputs(model, parts, batch, resolution, dev, dtype);
         try
         {
             var runs = new List<(string Name, long[] Input, Action Run)>();
@@ -45,15 +49,21 @@ public static class StepBreakdown
                     model.zero_grad();
                 }));
             }
-            var trainable = model.parameters().Where(p => p.requires_grad).ToList();
-            var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+            // A bf16 model steps fp32 masters, as bench's and the trainer's bf16 steps do (TrainBenchmark.Run).
+            bool mixed = dtype != ScalarType.Float32;
+            var masters = mixed ? trainable.Select(p => { var m = p.detach().to(ScalarType.Float32, copy: true); m.DetachFromDisposeScope(); return m; }).ToList() : trainable.Cast<Tensor>().ToList();
+            var group = new OptimGroup("all", masters.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)).ToList(), 0.05, 1.0) { Lr = 1e-4 };
             using var opt = new AdamW([group]);
             using Scalar small = 1e-3.ToScalar(); // held for the calls (see Layers.Held)
             var fakeGrads = trainable.Select(p => { var g = torch.randn_like(p).mul_(small); g.DetachFromDisposeScope(); return g; }).ToList();
             runs.Add(("optimizer step", [], () =>
             {
-                for (int i = 0; i < trainable.Count; i++) group.Params[i].Grad = fakeGrads[i];
+                using var stepScope = torch.NewDisposeScope();
+                for (int i = 0; i < trainable.Count; i++) group.Params[i].Grad = mixed ? fakeGrads[i].to(ScalarType.Float32) : fakeGrads[i];
                 opt.Step();
+                if (mixed)
+                    using (torch.no_grad())
+                        for (int i = 0; i < trainable.Count; i++) trainable[i].copy_(masters[i]);
             }));
             var times = runs.Select(_ => new List<double>()).ToList();
             try
@@ -69,6 +79,8 @@ public static class StepBreakdown
             finally
             {
                 foreach (var g in fakeGrads) g.Dispose();
+                if (mixed) foreach (var m in masters) m.Dispose();
+                foreach (var p in group.Params) p.Grad = null;
             }
             return runs.Select((r, i) => new StepPart(r.Name, r.Input, TrainBenchmark.Median(times[i]))).ToList();
         }
@@ -93,7 +105,7 @@ public static class StepBreakdown
     }
 
     private static Dictionary<string, Tensor> CaptureInputs(ImageClassifier model, List<(string Name, nn.Module<Tensor, Tensor> Module)> parts,
-        int batch, int resolution, Device dev)
+        int batch, int resolution, Device dev, ScalarType dtype)
     {
         var captured = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         void Capture(string key, Tensor input)
@@ -123,7 +135,7 @@ public static class StepBreakdown
             };
             using var scope = torch.NewDisposeScope();
             using var noGrad = torch.no_grad();
-            model.call(torch.randn([batch, model.Options.InChans, resolution, resolution], device: dev));
+            model.call(torch.randn([batch, model.Options.InChans, resolution, resolution], dtype: dtype, device: dev));
         }
         catch
         {
