@@ -62,11 +62,16 @@ public static class Program
         }
         catch (Exception e) when (IsUserFacing(e))
         {
-            stderr.WriteLine($"alltokens {verb.Spec.Name}: error: {e.Message}");
+            stderr.WriteLine($"alltokens {verb.Spec.Name}: error: {Describe(e)}");
             if (Environment.GetEnvironmentVariable("ALLTOKENS_DEBUG") == "1") stderr.WriteLine(e);
             return 1;
         }
     }
+
+    /// <summary>The message for the user; .NET's own "Could not find file '…'." reads as our other errors do: "path: file not found".</summary>
+    private static string Describe(Exception e) => e is FileNotFoundException { FileName: { Length: > 0 } file }
+        ? $"{file}: file not found"
+        : e.Message;
 
     private static bool IsUserFacing(Exception e) => e is UnknownModelException or CheckpointFormatException or CheckpointMismatchException
         or ImageDecodeException or FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException

@@ -174,6 +174,16 @@ public sealed class CliTests : IDisposable
     }
 
     [Fact]
+    public void AMissingCheckpointIsNamedAsAMissingFile()
+    {
+        string missing = Path.Combine(dir, "nowhere.pth");
+        var (code, _, err) = Run("convert", "--from", missing, "--to", Path.Combine(dir, "x.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains($"error: {missing}: file not found", err);
+        Assert.False(File.Exists(Path.Combine(dir, "x.safetensors")));
+    }
+
+    [Fact]
     public void ConvertWithAModelRecordsItSoPredictNeedsNoModelFlag()
     {
         using var scope = torch.NewDisposeScope();
