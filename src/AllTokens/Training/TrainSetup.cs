@@ -56,7 +56,12 @@ public static class TrainSetup
     /// </summary>
     public static TrainConfig ResumeConfig(string runDir, IReadOnlyDictionary<string, string> overrides)
     {
-        var ck = TrainCheckpoint.Load(Trainer.LastCheckpointPath(runDir));
+        string last = Trainer.LastCheckpointPath(runDir);
+        if (!File.Exists(last))
+            throw new FileNotFoundException(Directory.Exists(runDir)
+                ? $"{runDir}: nothing to resume: no {Path.GetRelativePath(runDir, last)} there (a run writes it at its first checkpoint); start the run without --resume"
+                : $"{runDir}: no such run folder to resume");
+        var ck = TrainCheckpoint.Load(last);
         var config = new TrainConfig();
         foreach (var (k, v) in ck.State.Config)
             config.Set(k, v.StartsWith('\'') && v.EndsWith('\'') && v.Length >= 2 ? v[1..^1].Replace("''", "'") : v, ck.Path);

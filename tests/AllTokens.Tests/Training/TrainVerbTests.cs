@@ -46,6 +46,21 @@ public sealed class TrainVerbTests : IDisposable
     ];
 
     [Fact]
+    public void ResumingWhatHasNoCheckpointSaysSo()
+    {
+        string run = Path.Combine(dir, "never-ran");
+        var (code, _, err) = Run("train", "--out", run, "--resume");
+        Assert.Equal(1, code);
+        Assert.Contains($"{run}: no such run folder to resume", err);
+        Directory.CreateDirectory(run); // a run folder whose run stopped before its first checkpoint
+        (code, _, err) = Run("train", "--out", run, "--resume");
+        Assert.Equal(1, code);
+        Assert.Contains($"{run}: nothing to resume: no {Path.Combine("checkpoints", "last.ckpt")} there", err);
+        Assert.Contains("without --resume", err);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(run)); // nothing written
+    }
+
+    [Fact]
     public void WithoutAValidationSetTheSummaryNamesTheLastWeights()
     {
         // An image folder with train/ only: nothing to rank epochs by, so there is no best.safetensors to point at.
