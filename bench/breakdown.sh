@@ -6,6 +6,7 @@
 set -euo pipefail
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3}
 source "$(dirname "$0")/common.sh"
+need_torch
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     # Cross-entropy on both sides, so the parts (not the loss) are what differs.

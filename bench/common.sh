@@ -12,3 +12,9 @@ else
   out=$(mktemp)
   trap 'rm -f "$out"' EXIT
 fi
+# The PyTorch side (compare.sh, breakdown.sh) runs Debian's torch; say so up front rather than fail after our first run.
+need_torch() {
+  /usr/bin/python3 -c 'import torch' 2>/dev/null && return 0
+  echo "$(basename "$0"): the PyTorch side needs Debian's python3-torch: sudo apt-get install python3-torch libopenblas0-openmp" >&2
+  exit 1
+}

@@ -7,6 +7,7 @@
 set -euo pipefail
 THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto}
 source "$(dirname "$0")/common.sh"
+need_torch
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"; }
