@@ -68,10 +68,14 @@ public static class Program
         }
     }
 
-    /// <summary>The message for the user; .NET's own "Could not find file '…'." reads as our other errors do: "path: file not found".</summary>
-    private static string Describe(Exception e) => e is FileNotFoundException { FileName: { Length: > 0 } file }
-        ? $"{file}: file not found"
-        : e.Message;
+    /// <summary>
+    /// The message for the user. .NET's own "Could not find file '…'." reads as our other errors do, "path: file not found";
+    /// our own FileNotFoundExceptions already say what is missing ("no such checkpoint", …) and keep their words.
+    /// </summary>
+    private static string Describe(Exception e) =>
+        e is FileNotFoundException { FileName: { Length: > 0 } file } && e.Message.StartsWith("Could not find file", StringComparison.Ordinal)
+            ? $"{file}: file not found"
+            : e.Message;
 
     private static bool IsUserFacing(Exception e) => e is UnknownModelException or CheckpointFormatException or CheckpointMismatchException
         or ImageDecodeException or FileNotFoundException or DirectoryNotFoundException or IOException or UnauthorizedAccessException

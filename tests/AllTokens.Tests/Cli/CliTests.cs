@@ -181,6 +181,11 @@ public sealed class CliTests : IDisposable
         Assert.Equal(1, code);
         Assert.Contains($"error: {missing}: file not found", err);
         Assert.False(File.Exists(Path.Combine(dir, "x.safetensors")));
+        // Our own messages for a missing file keep their words.
+        string weights = Path.Combine(dir, "nowhere.safetensors");
+        (code, _, err) = Run("predict", "--model", "t2t_vit_7", "--weights", weights, missing);
+        Assert.Equal(1, code);
+        Assert.Contains($"error: {weights}: no such weights file", err);
     }
 
     [Fact]

@@ -501,7 +501,7 @@ public sealed class HostileInputTests : IDisposable
             ("--data that does not exist", Train("--data", Path.Combine(dir, "nowhere")), [1], [Path.Combine(dir, "nowhere")]),
             ("--num-classes 3 on a 10-class dataset", Train("--num-classes", "3"), [1, 2], ["num_classes 3"]),
             ("--resume without --out", ["train", "--resume"], [2], ["--resume needs --out"]),
-            ("--resume of a folder with no run", ["train", "--resume", "--out", Path.Combine(dir, "no-run")], [1], ["no such checkpoint"]),
+            ("--resume of a folder with no run", ["train", "--resume", "--out", Path.Combine(dir, "no-run")], [1], ["no such run folder to resume"]),
             ("--out inside a file", Train("--out", Path.Combine(img, "run")), [1], ["cannot write to the run folder"]),
             ("predict without images", ["predict", "--model", "vit_nano"], [2], ["needs"]),
             ("predict --top 0", ["predict", "--model", "vit_nano", "--img-size", "32", "--top", "0", img], [2], ["--top"]),
