@@ -22,15 +22,15 @@ public static class NormLinear
     internal static bool Folds(LayerNorm norm, Tensor x) =>
         Folding && torch.is_grad_enabled() && !x.requires_grad && norm.weight is { requires_grad: true } && norm.bias is not null;
 
-    /// <summary><c>linear(norm(x))</c>, as <see cref="Dense"/> runs the linear; <paramref name="eps"/> is the LayerNorm's.</summary>
-    public static Tensor Forward(LayerNorm norm, double eps, Linear linear, Tensor x)
+    /// <summary><c>linear(norm(x))</c>, as <see cref="Dense"/> runs the linear.</summary>
+    public static Tensor Forward(LayerNorm norm, Linear linear, Tensor x)
     {
         if (!Folds(norm, x)) return Dense.Forward(linear, norm.call(x));
         using var scope = torch.NewDisposeScope();
         var gamma = norm.weight!;
         Tensor xhat;
         using (torch.no_grad())
-            xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, eps);
+            xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, norm.eps);
         var w = linear.weight! * gamma;                                // W·diag γ, [C, K]
         var b = linear.weight!.matmul(norm.bias!);                     // W·β, [C]
         if (linear.bias is { } bias) b = Held.Add(b, bias);

@@ -26,7 +26,6 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     private readonly long emb;
     private readonly long m;
     private const double Epsilon = 1e-8;
-    private const double NormEpsilon = 1e-5;
 
     public TokenPerformer(long dim, long inDim, double kernelRatio = 0.5, double dropout = 0.1) : base(nameof(TokenPerformer))
     {
@@ -35,8 +34,8 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         kqv = nn.Linear(dim, 3 * emb);
         dp = nn.Dropout(dropout);
         proj = nn.Linear(emb, emb);
-        norm1 = nn.LayerNorm(dim, eps: NormEpsilon);
-        norm2 = nn.LayerNorm(emb, eps: NormEpsilon);
+        norm1 = nn.LayerNorm(dim, eps: 1e-5);
+        norm2 = nn.LayerNorm(emb, eps: 1e-5);
         mlpLayers = (nn.Linear(emb, emb), nn.GELU(), nn.Linear(emb, emb), nn.Dropout(dropout));
         mlp = nn.Sequential(mlpLayers.Fc1, mlpLayers.Act, mlpLayers.Fc2, mlpLayers.Drop);
         // Orthogonal rows scaled by √m, frozen but stored (W·Wᵀ = m·I). Checkpoints always carry it; load it, never re-sample.
@@ -60,7 +59,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         // kqv(norm1(x)); on the image's soft split in training, with norm1's affine folded into kqv (Layers/NormLinear).
-        var parts = NormLinear.Forward(norm1, NormEpsilon, kqv, x).split(emb, -1);
+        var parts = NormLinear.Forward(norm1, kqv, x).split(emb, -1);
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
@@ -116,7 +115,7 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x) => Attend(Dense.Forward(qkv, x));
 
     /// <summary>The attention of <c>norm(x)</c>, its qkv through Layers/NormLinear (the layer's norm1 folded in where it pays).</summary>
-    internal Tensor ForwardNormalized(LayerNorm norm, double eps, Tensor x) => Attend(NormLinear.Forward(norm, eps, qkv, x));
+    internal Tensor ForwardNormalized(LayerNorm norm, Tensor x) => Attend(NormLinear.Forward(norm, qkv, x));
 
     /// <summary>The rest of the layer from qkv(x) [B, N, 3e].</summary>
     private Tensor Attend(Tensor qkvOut)
@@ -144,14 +143,13 @@ public sealed class TokenTransformer : nn.Module<Tensor, Tensor>
     private readonly DropPath drop_path;
     private readonly LayerNorm norm2;
     private readonly Mlp mlp;
-    private const double NormEpsilon = 1e-5;
 
     public TokenTransformer(long dim, long inDim, double mlpRatio = 1.0) : base(nameof(TokenTransformer))
     {
-        norm1 = nn.LayerNorm(dim, eps: NormEpsilon);
+        norm1 = nn.LayerNorm(dim, eps: 1e-5);
         attn = new TokenAttention(dim, inDim);
         drop_path = new DropPath(0);
-        norm2 = nn.LayerNorm(inDim, eps: NormEpsilon);
+        norm2 = nn.LayerNorm(inDim, eps: 1e-5);
         mlp = new Mlp(inDim, (long)(inDim * mlpRatio), inDim);
         RegisterComponents();
     }
@@ -159,7 +157,7 @@ public sealed class TokenTransformer : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        x = attn.ForwardNormalized(norm1, NormEpsilon, x); // attn(norm1(x)), Layers/NormLinear's fold where it pays
+        x = attn.ForwardNormalized(norm1, x); // attn(norm1(x)), Layers/NormLinear's fold where it pays
         return scope.MoveToOuter(Held.Add(x, drop_path.call(mlp.call(norm2.call(x)))));
     }
 }
