@@ -51,7 +51,7 @@ public static class StepBreakdown
             }
             // A bf16 model steps fp32 masters, as bench's and the trainer's bf16 steps do (TrainBenchmark.Run).
             bool mixed = dtype != ScalarType.Float32;
-            var masters = mixed ? trainable.Select(p => { var m = p.detach().to(ScalarType.Float32, copy: true); m.DetachFromDisposeScope(); return m; }).ToList() : trainable.Cast<Tensor>().ToList();
+            var masters = mixed ? TrainBenchmark.Fp32Masters(trainable) : trainable.Cast<Tensor>().ToList();
             var group = new OptimGroup("all", masters.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)).ToList(), 0.05, 1.0) { Lr = 1e-4 };
             using var opt = new AdamW([group]);
             using Scalar small = 1e-3.ToScalar(); // held for the calls (see Layers.Held)

@@ -19,6 +19,14 @@ public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferIm
 /// </summary>
 public static class TrainBenchmark
 {
+    /// <summary>fp32 copies of <paramref name="parameters"/>, outside any dispose scope: the masters a bf16 step updates.</summary>
+    internal static List<Tensor> Fp32Masters(IEnumerable<Tensor> parameters) => parameters.Select(p =>
+    {
+        var m = p.detach().to(ScalarType.Float32, copy: true);
+        m.DetachFromDisposeScope();
+        return m;
+    }).ToList();
+
     public static BenchmarkResult Run(ITrainTask task, int batch, int resolution, int steps, int warmup, bool bf16 = false, Device? device = null)
     {
         if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
@@ -26,20 +34,11 @@ public static class TrainBenchmark
         var dev = device ?? torch.CPU;
         var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
         model.to(dev);
-        var masters = new List<(Tensor Model, Tensor Master)>();
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
-        if (bf16)
-        {
-            foreach (var (_, p) in trainable)
-            {
-                var m = p.detach().to(ScalarType.Float32, copy: true);
-                m.DetachFromDisposeScope();
-                masters.Add((p, m));
-            }
-            model.to(dtype);
-        }
+        var masters = bf16 ? Fp32Masters(trainable.Select(p => (Tensor)p.parameter)) : [];
+        if (bf16) model.to(dtype); // masters are taken before the cast, so they keep full fp32 precision
         var live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
-        var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(p.name, bf16 ? masters[i].Master : live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+        var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(p.name, bf16 ? masters[i] : live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
         using var opt = new AdamW([group]);
         var gen = new Rng(0);
         int classes = Math.Max(1, model.NumClasses);
@@ -66,7 +65,7 @@ public static class TrainBenchmark
                 model.zero_grad();
                 if (bf16)
                     using (torch.no_grad())
-                        for (int i = 0; i < live.Count; i++) live[i].copy_(masters[i].Master);
+                        for (int i = 0; i < live.Count; i++) live[i].copy_(masters[i]);
                 _ = output.Loss.item<float>();
                 if (s >= warmup) trainTimes.Add(sw.Elapsed.TotalSeconds);
             }
@@ -85,7 +84,7 @@ public static class TrainBenchmark
         }
         finally
         {
-            foreach (var (_, m) in masters) m.Dispose();
+            foreach (var m in masters) m.Dispose();
             model.train();
         }
         double trainMed = Median(trainTimes), inferMed = Median(inferTimes);
