@@ -164,4 +164,22 @@ public class KernelPathTests
         AssertClose(expected, cl);
         Assert.True(Layout.IsChannelsLast(cl)); // the projection's output is laid out as tokens already
     }
+    [Theory]
+    [InlineData(true)]  // LV-ViT: q scaled before the product
+    [InlineData(false)] // T2T-ViT's backbone: the product scaled
+    public void ExplicitAttentionMatchesTheFusedOne(bool scaleQueryFirst)
+    {
+        // Capturing the probabilities takes the explicit path; in fp32 the plain forward takes libtorch's fused kernel.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(4);
+        var attention = new Attention(64, 4, scaleQueryFirst: scaleQueryFirst);
+        var x = torch.randn(3, 21, 64).requires_grad_(true);
+        var fused = attention.call(x);
+        var explicitOut = attention.Forward(x, out var probabilities, captureAttention: true);
+        AssertClose(fused, explicitOut, 1e-5, 1e-6);
+        Assert.NotNull(probabilities);
+        AssertClose(torch.ones(3, 4, 21), probabilities!.sum(-1), 1e-5, 1e-6);
+        var g = torch.randn(fused.shape);
+        AssertClose(torch.autograd.grad([fused], [x], [g])[0], torch.autograd.grad([explicitOut], [x], [g])[0], 1e-5, 1e-6);
+    }
 }
