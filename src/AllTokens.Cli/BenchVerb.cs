@@ -10,11 +10,12 @@ namespace AllTokens.Cli;
 public static class BenchVerb
 {
     public static readonly Verb Verb = new(new VerbSpec("bench", "measure throughput: a model's train step and inference, or the data loader (images/s)",
-        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--threads T] [--bf16] [--breakdown] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
+        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--fixed-warmup] [--threads T] [--bf16] [--breakdown] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
     [
         new OptionSpec("model", "M", "benchmark this model's train step and inference on synthetic data"),
         new OptionSpec("steps", "N", "timed steps (model mode)", "10"),
-        new OptionSpec("warmup", "W", "untimed steps first (model mode)", "3"),
+        new OptionSpec("warmup", "W", "untimed steps first (model mode); then more, up to 40, until a step runs without the .NET JIT compiling (its background recompiles slow the first seconds)", "3"),
+        new OptionSpec("fixed-warmup", null, "model mode: exactly --warmup untimed steps, without waiting for the JIT"),
         new OptionSpec("num-classes", "N", "classifier width (model mode)", "1000"),
         new OptionSpec("bf16", null, "bf16 compute with fp32 master weights (model mode)"),
         new OptionSpec("breakdown", null, "model mode: also time each part of the train step alone (stem or T2T module, every block, head, optimizer), forward + backward; with --bf16 in bf16, the optimizer on fp32 masters"),
@@ -112,8 +113,8 @@ public static class BenchVerb
         using var model = info.Create(new Models.ModelOptions(classes, res));
         var task = BenchTask(model, taskKind, out string taskName);
         io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup} warmup + {steps} timed steps"));
-        var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device);
+            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup}{(a.Flag("fixed-warmup") || warmup == 0 ? "" : "+")} warmup + {steps} timed steps"));
+        var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device, waitForJit: !a.Flag("fixed-warmup"));
         IReadOnlyList<Training.StepPart>? parts = null;
         if (a.Flag("breakdown"))
         {
@@ -137,6 +138,8 @@ public static class BenchVerb
                 median_infer_s = r.MedianInferStepSeconds,
                 peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
                 page_faults_per_step = r.PageFaultsPerStep >= 0 ? r.PageFaultsPerStep : (double?)null,
+                train_warmup_steps = r.TrainWarmupSteps,
+                infer_warmup_steps = r.InferWarmupSteps,
                 breakdown = parts?.Select(p => new { part = p.Name, input = p.Input, median_s = p.MedianSeconds }).ToArray(),
             }, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
         }
@@ -145,7 +148,8 @@ public static class BenchVerb
             string faults = r.PageFaultsPerStep >= 0 ? string.Create(CultureInfo.InvariantCulture, $", {r.PageFaultsPerStep:F0} page faults per train step") : "";
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: train {r.TrainImagesPerSecond:F1} img/s (median step {r.MedianTrainStepSeconds * 1000:F0} ms), " +
-                $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB") + faults);
+                $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB") + faults +
+                string.Create(CultureInfo.InvariantCulture, $"; untimed steps {r.TrainWarmupSteps} train, {r.InferWarmupSteps} inference"));
             if (parts is not null) WriteBreakdown(io, parts, r.MedianTrainStepSeconds);
         }
         return 0;

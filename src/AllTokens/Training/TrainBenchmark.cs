@@ -10,8 +10,58 @@ namespace AllTokens.Training;
 /// <param name="PeakRssBytes">VmHWM of this process (Linux), or 0 where /proc is missing.</param>
 /// <param name="PageFaultsPerStep">Minor page faults of the whole process per timed train step (fresh memory the kernel
 /// mapped and zero-filled; see <see cref="NativeEnvironment.ConfigureAllocator"/>), or -1 where /proc is missing.</param>
+/// <param name="TrainWarmupSteps">Untimed train steps actually run (the asked warmup plus those spent waiting for the JIT).</param>
+/// <param name="InferWarmupSteps">The same for inference.</param>
 public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferImagesPerSecond, double MedianTrainStepSeconds,
-    double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16, double PageFaultsPerStep = -1);
+    double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16, double PageFaultsPerStep = -1,
+    int TrainWarmupSteps = 0, int InferWarmupSteps = 0);
+
+/// <summary>
+/// When warmup is over: after the asked number of untimed steps, and then only once a whole step has run without the
+/// JIT compiling a method (at most <see cref="MaxExtraSteps"/> more steps or <see cref="MaxExtraSeconds"/> more
+/// seconds). .NET compiles hot methods again, optimised, on a background thread during the first seconds; on 2 cores
+/// that thread takes a core from libtorch's OpenMP team, and a t2t_vit_7 train step ran 550–1000 ms for its first ~12
+/// steps against ~500 ms after (and from the second step on with DOTNET_TieredCompilation=0), so a fixed 2–3 step
+/// warmup timed the JIT too.
+/// </summary>
+public sealed class JitSettledWarmup
+{
+    /// <summary>Extra untimed steps allowed while the JIT keeps compiling.</summary>
+    public const int MaxExtraSteps = 40;
+
+    /// <summary>Extra untimed seconds allowed while the JIT keeps compiling (large models, one thread).</summary>
+    public const double MaxExtraSeconds = 30;
+
+    private readonly int minSteps;
+    private readonly bool waitForJit;
+    private long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+    private bool lastQuiet;      // the last untimed step compiled nothing
+    private Stopwatch? extraTime; // started when the asked warmup is over
+
+    public JitSettledWarmup(int minSteps, bool waitForJit)
+    {
+        if (minSteps < 0) throw new ArgumentOutOfRangeException(nameof(minSteps), "warmup must be ≥ 0");
+        this.minSteps = minSteps;
+        this.waitForJit = waitForJit;
+    }
+
+    /// <summary>Untimed steps run so far.</summary>
+    public int Steps { get; private set; }
+
+    /// <summary>Whether the next step is timed (at once when no warmup was asked).</summary>
+    public bool Done => Steps >= minSteps
+        && (minSteps == 0 || !waitForJit || lastQuiet || Steps >= minSteps + MaxExtraSteps || extraTime!.Elapsed.TotalSeconds >= MaxExtraSeconds);
+
+    /// <summary>Call after each untimed step.</summary>
+    public void StepRan()
+    {
+        Steps++;
+        long now = System.Runtime.JitInfo.GetCompiledMethodCount();
+        lastQuiet = now == compiled;
+        compiled = now;
+        if (Steps == minSteps) extraTime = Stopwatch.StartNew();
+    }
+}
 
 /// <summary>
 /// Synthetic-data throughput: a train step is forward + loss + backward + AdamW step through the given task; inference
@@ -27,7 +77,10 @@ public static class TrainBenchmark
         return m;
     }).ToList();
 
-    public static BenchmarkResult Run(ITrainTask task, int batch, int resolution, int steps, int warmup, bool bf16 = false, Device? device = null)
+    /// <param name="waitForJit">Keep warming up past <paramref name="warmup"/> until a step compiles no new method
+    /// (see <see cref="JitSettledWarmup"/>); false: exactly <paramref name="warmup"/> untimed steps.</param>
+    public static BenchmarkResult Run(ITrainTask task, int batch, int resolution, int steps, int warmup, bool bf16 = false, Device? device = null,
+        bool waitForJit = true)
     {
         if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
         var model = task.Model;
@@ -45,12 +98,15 @@ public static class TrainBenchmark
         var trainTimes = new List<double>();
         var inferTimes = new List<double>();
         long faultsAtWarmupEnd = -1, faultsAtTrainEnd = -1;
+        int trainWarmupSteps = 0, inferWarmupSteps = 0;
         try
         {
             model.train();
-            for (int s = 0; s < warmup + steps; s++)
+            var trainWarmup = new JitSettledWarmup(warmup, waitForJit);
+            while (trainTimes.Count < steps)
             {
-                if (s == warmup) faultsAtWarmupEnd = MinorFaults();
+                bool timed = trainWarmup.Done;
+                if (timed && trainTimes.Count == 0) faultsAtWarmupEnd = MinorFaults();
                 using var scope = torch.NewDisposeScope();
                 var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
                 var sw = Stopwatch.StartNew();
@@ -67,20 +123,26 @@ public static class TrainBenchmark
                     using (torch.no_grad())
                         for (int i = 0; i < live.Count; i++) live[i].copy_(masters[i]);
                 _ = output.Loss.item<float>();
-                if (s >= warmup) trainTimes.Add(sw.Elapsed.TotalSeconds);
+                if (timed) trainTimes.Add(sw.Elapsed.TotalSeconds);
+                else trainWarmup.StepRan();
             }
+            trainWarmupSteps = trainWarmup.Steps;
             faultsAtTrainEnd = MinorFaults();
             model.eval();
+            var inferWarmup = new JitSettledWarmup(warmup, waitForJit);
             using (torch.no_grad())
-                for (int s = 0; s < warmup + steps; s++)
+                while (inferTimes.Count < steps)
                 {
+                    bool timed = inferWarmup.Done;
                     using var scope = torch.NewDisposeScope();
                     var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
                     var sw = Stopwatch.StartNew();
                     var y = model.call(b.Images);
                     _ = y.sum().to(ScalarType.Float32).item<float>();
-                    if (s >= warmup) inferTimes.Add(sw.Elapsed.TotalSeconds);
+                    if (timed) inferTimes.Add(sw.Elapsed.TotalSeconds);
+                    else inferWarmup.StepRan();
                 }
+            inferWarmupSteps = inferWarmup.Steps;
         }
         finally
         {
@@ -89,7 +151,8 @@ public static class TrainBenchmark
         }
         double trainMed = Median(trainTimes), inferMed = Median(inferTimes);
         double faults = faultsAtWarmupEnd >= 0 && faultsAtTrainEnd >= 0 ? (faultsAtTrainEnd - faultsAtWarmupEnd) / (double)steps : -1;
-        return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16, faults);
+        return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16, faults,
+            trainWarmupSteps, inferWarmupSteps);
     }
 
     private static Batch SyntheticBatch(int batch, int res, int classes, Rng gen, ScalarType dtype, Device dev)

@@ -16,7 +16,7 @@ public sealed class AllocatorTests
     private static double FaultsPerStep(bool glibcDefaults)
     {
         var psi = CliProcess.StartInfo(["bench", "--model", "lvvit_nano", "--task", "ce", "--res", "384", "--batch", "8",
-            "--steps", "2", "--warmup", "1", "--threads", "1", "--json"]);
+            "--steps", "2", "--warmup", "1", "--fixed-warmup", "--threads", "1", "--json"]);
         if (glibcDefaults) psi.Environment["ALLTOKENS_MALLOC"] = "default";
         else psi.Environment.Remove("ALLTOKENS_MALLOC");
         using var cli = new RunningCli(psi);

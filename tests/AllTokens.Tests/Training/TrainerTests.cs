@@ -268,6 +268,75 @@ public sealed class TrainerTests : IDisposable
         Assert.NotNull(result.LastEval);
     }
 
+    /// <summary>A method the JIT has never seen: compiling it moves JitInfo's count for certain.</summary>
+    private static void CompileAFreshMethod()
+    {
+        var method = new System.Reflection.Emit.DynamicMethod("fresh" + Guid.NewGuid().ToString("N"), typeof(int), [typeof(int)]);
+        var il = method.GetILGenerator();
+        il.Emit(System.Reflection.Emit.OpCodes.Ldarg_0);
+        il.Emit(System.Reflection.Emit.OpCodes.Ldc_I4_1);
+        il.Emit(System.Reflection.Emit.OpCodes.Add);
+        il.Emit(System.Reflection.Emit.OpCodes.Ret);
+        Assert.Equal(42, ((Func<int, int>)method.CreateDelegate(typeof(Func<int, int>)))(41));
+    }
+
+    [Fact]
+    public void WarmupWaitsWhileTheJitCompilesUpToItsCap()
+    {
+        var none = new JitSettledWarmup(0, waitForJit: true);
+        Assert.True(none.Done); // no warmup asked: time from the first step
+
+        var fixedWarmup = new JitSettledWarmup(2, waitForJit: false);
+        Assert.False(fixedWarmup.Done);
+        CompileAFreshMethod(); fixedWarmup.StepRan();
+        Assert.False(fixedWarmup.Done);
+        CompileAFreshMethod(); fixedWarmup.StepRan();
+        Assert.True(fixedWarmup.Done, "without waiting for the JIT, exactly the asked steps");
+
+        var settling = new JitSettledWarmup(2, waitForJit: true);
+        for (int i = 0; i < 2 + JitSettledWarmup.MaxExtraSteps - 1; i++)
+        {
+            CompileAFreshMethod(); settling.StepRan();
+            Assert.False(settling.Done, $"step {i + 1} compiled a method, so warmup goes on");
+        }
+        CompileAFreshMethod(); settling.StepRan();
+        Assert.True(settling.Done, "the cap ends the warmup even while the JIT still compiles");
+        Assert.Equal(2 + JitSettledWarmup.MaxExtraSteps, settling.Steps);
+
+        // A step that compiles nothing ends it (other threads' JIT work may delay that, never past the cap).
+        var quiet = new JitSettledWarmup(1, waitForJit: true);
+        CompileAFreshMethod(); quiet.StepRan();
+        Assert.False(quiet.Done);
+        while (!quiet.Done) quiet.StepRan();
+        Assert.InRange(quiet.Steps, 2, 1 + JitSettledWarmup.MaxExtraSteps);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new JitSettledWarmup(-1, true));
+    }
+
+    [Fact]
+    public void BenchReportsItsUntimedSteps()
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "2", "--warmup", "3",
+            "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--json"], o, e);
+        Assert.True(code == 0, e.ToString());
+        using (var doc = System.Text.Json.JsonDocument.Parse(o.ToString()))
+        {
+            Assert.Equal(3, doc.RootElement.GetProperty("train_warmup_steps").GetInt32());
+            Assert.Equal(3, doc.RootElement.GetProperty("infer_warmup_steps").GetInt32());
+        }
+        o = new StringWriter();
+        e = new StringWriter();
+        code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
+            "--num-classes", "10", "--threads", "1"], o, e);
+        Assert.True(code == 0, e.ToString());
+        Assert.Contains("1+ warmup", e.ToString());
+        var m = System.Text.RegularExpressions.Regex.Match(o.ToString(), @"untimed steps (\d+) train, (\d+) inference");
+        Assert.True(m.Success, o.ToString());
+        Assert.InRange(int.Parse(m.Groups[1].Value), 1, 1 + JitSettledWarmup.MaxExtraSteps);
+        Assert.InRange(int.Parse(m.Groups[2].Value), 1, 1 + JitSettledWarmup.MaxExtraSteps);
+    }
+
     [Fact]
     public void BenchmarkReportsThroughput()
     {
