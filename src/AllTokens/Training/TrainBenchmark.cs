@@ -20,7 +20,7 @@ public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferIm
 /// When warmup is over: after the asked number of untimed steps, and then only once a whole step has run without the
 /// JIT compiling a method (at most <see cref="MaxExtraSteps"/> more steps or <see cref="MaxExtraSeconds"/> more
 /// seconds). .NET compiles hot methods again, optimised, on a background thread during the first seconds; on 2 cores
-/// that thread takes a core from libtorch's OpenMP team, and a t2t_vit_7 train step ran 550–1000 ms for its first ~12
+/// that thread takes a core from libtorch's OpenMP team, and a t2t_vit_7 train step ran 650–2000 ms for its first ~12
 /// steps against ~500 ms after (and from the second step on with DOTNET_TieredCompilation=0), so a fixed 2–3 step
 /// warmup timed the JIT too.
 /// </summary>
