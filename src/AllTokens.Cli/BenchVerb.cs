@@ -108,13 +108,14 @@ public static class BenchVerb
         int steps = a.Int("steps", 1, 1_000_000)!.Value, warmup = a.Int("warmup", 0, 1_000_000)!.Value;
         int classes = a.Int("num-classes", 1, 1_000_000)!.Value;
         bool bf16 = a.Flag("bf16");
+        bool fixedWarmup = a.Flag("fixed-warmup");
         string taskKind = a.Choice("task", "auto", "ce");
         torch.manual_seed(0);
         using var model = info.Create(new Models.ModelOptions(classes, res));
         var task = BenchTask(model, taskKind, out string taskName);
         io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup}{(a.Flag("fixed-warmup") || warmup == 0 ? "" : "+")} warmup + {steps} timed steps"));
-        var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device, waitForJit: !a.Flag("fixed-warmup"));
+            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {steps} timed steps"));
+        var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device, waitForJit: !fixedWarmup);
         IReadOnlyList<Training.StepPart>? parts = null;
         if (a.Flag("breakdown"))
         {
