@@ -9,9 +9,9 @@ namespace AllTokens.Layers;
 /// tokens come out contiguous in one copy: the same values in the same order as
 /// <c>Unfold(k, s, p)(image).transpose(1, 2)</c>, feature index c·k² + i·k + j. The unfold route writes the columns
 /// [B, C·k², L], transposes them, and the LayerNorm after it copies them again (soft split 0 + LayerNorm forward and
-/// backward, t2t_vit_7, b8: 11 vs 18 ms). Differentiable (pad, <c>Tensor.unfold</c> and reshape are), but its backward
-/// (unfold_backward) is slower than col2im, so the later soft splits, whose input needs a gradient, keep nn.Unfold.
-/// The last soft split feeds a Linear directly (the T2T module's <c>project</c>); <see cref="LinearOfTokens"/> runs the
+/// backward, t2t_vit_7, b8: 11 vs 18 ms). Differentiable (pad, <c>Tensor.unfold</c> and reshape are), but autograd's
+/// backward for it (unfold_backward) is slower than col2im, so the soft split of tokens, whose input needs a gradient,
+/// has its own backward (<see cref="OfTokens"/>). The last soft split feeds a Linear directly (the T2T module's <c>project</c>); <see cref="LinearOfTokens"/> runs the
 /// pair as one convolution (<c>ALLTOKENS_T2T_PROJECT=linear</c>: nn.Unfold, then the linear).
 /// </summary>
 public static class SoftSplit
@@ -28,6 +28,99 @@ public static class SoftSplit
         var windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride); // [B, C, oh, ow, k, k]
         long oh = windows.shape[2], ow = windows.shape[3];
         return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, oh * ow, c * kernel * kernel);
+    }
+
+    /// <summary>
+    /// Tokens [B, N, C] on a √N × √N grid (row-major) → <c>Unfold(k, s, p)(restructure(tokens)).transpose(1, 2)</c>
+    /// [B, L, C·k²], contiguous: the T2T module's soft split 1 (<c>ALLTOKENS_SOFT_SPLIT=unfold</c>: nn.Unfold). Forward: the
+    /// tokens viewed as a channels-last image, padded, and its windows copied out (one strided copy per kernel offset),
+    /// where the unfold route copied three times (re-structurize, im2col, and the next LayerNorm's contiguous copy of the
+    /// transposed columns).
+    /// Backward (<see cref="TokenSplit"/>): one strided add per kernel offset into a padded gradient image, each a
+    /// parallel elementwise op; libtorch's col2im runs on one thread (a profile of a bf16 t2t_vit_7 step put ~8 ms of
+    /// serial col2im in it). Reduced-precision gradients are summed in fp32 (col2im sums in the tensor's dtype). The same
+    /// values forward; gradients equal up to the order of the ≤ ⌈k/s⌉² terms summed per input.
+    /// </summary>
+    public static Tensor OfTokens(Tensor tokens, int kernel, int stride, int padding)
+    {
+        var geometry = TokenGrid.Of(tokens, kernel, stride, padding);
+        return torch.is_grad_enabled() && tokens.requires_grad
+            ? TokenSplit.apply(tokens, geometry)
+            : TokenSplit.Windows(tokens, geometry);
+    }
+
+    /// <summary>The grid of a token soft split: batch, side, channels, kernel, stride, padding, output side.</summary>
+    internal sealed record TokenGrid(long Batch, long Side, long Channels, int Kernel, int Stride, int Padding, long OutSide)
+    {
+        public static TokenGrid Of(Tensor tokens, int kernel, int stride, int padding)
+        {
+            if (tokens.dim() != 3) throw new ArgumentException($"soft split of tokens needs [B, N, C], got {tokens.dim()}-D");
+            if (kernel < 1 || stride < 1 || padding < 0) throw new ArgumentException($"soft split: kernel {kernel}, stride {stride}, padding {padding}");
+            long b = tokens.shape[0], n = tokens.shape[1], c = tokens.shape[2];
+            long side = (long)Math.Round(Math.Sqrt(n));
+            if (side * side != n) throw new ArgumentException($"{n} tokens do not form a square grid");
+            long outSide = (side + 2 * padding - kernel) / stride + 1;
+            if (outSide < 1) throw new ArgumentException($"a {kernel}×{kernel} window does not fit a {side}×{side} grid padded by {padding}");
+            return new TokenGrid(b, side, c, kernel, stride, padding, outSide);
+        }
+    }
+
+    /// <summary>The token soft split as an autograd function: the windows forward, strided adds backward.</summary>
+    internal sealed class TokenSplit : torch.autograd.SingleTensorFunction<TokenSplit>
+    {
+        public override string Name => "TokenSoftSplit";
+
+        /// <summary>The windows of the padded channels-last image, copied into [B, L, C·k²].</summary>
+        public static Tensor Windows(Tensor tokens, TokenGrid g)
+        {
+            using var scope = torch.NewDisposeScope();
+            var image = tokens.reshape(g.Batch, g.Side, g.Side, g.Channels);                          // [B, H, W, C]
+            var padded = g.Padding == 0 ? image : nn.functional.pad(image, [0, 0, g.Padding, g.Padding, g.Padding, g.Padding]);
+            // One copy per kernel offset (i, j), each a parallel elementwise copy with the channels as its inner loop. A
+            // single copy from the 6-D window view (padded.unfold(1, k, s).unfold(2, k, s)) has the window's 3 columns as
+            // its inner loop and took 4x as long (9 vs 2 ms in bf16 for t2t_vit_7's soft split 1 at batch 8).
+            long span = (g.OutSide - 1) * g.Stride + 1;
+            var result = torch.empty([g.Batch, g.OutSide, g.OutSide, g.Channels, g.Kernel, g.Kernel], dtype: tokens.dtype, device: tokens.device);
+            for (int i = 0; i < g.Kernel; i++)
+                for (int j = 0; j < g.Kernel; j++)
+                {
+                    using var target = result.select(5, j).select(4, i);                                       // [B, oh, ow, C]
+                    using var source = padded.slice(1, i, i + span, g.Stride).slice(2, j, j + span, g.Stride); // [B, oh, ow, C]
+                    target.copy_(source);
+                }
+            return scope.MoveToOuter(result.view(g.Batch, g.OutSide * g.OutSide, g.Channels * g.Kernel * g.Kernel));
+        }
+
+        public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
+        {
+            var tokens = (Tensor)vars[0];
+            var g = (TokenGrid)vars[1];
+            ctx.save_data("grid", g);
+            ctx.save_data("dtype", tokens.dtype);
+            return Windows(tokens, g);
+        }
+
+        public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var g = (TokenGrid)ctx.get_data("grid");
+            var dtype = (ScalarType)ctx.get_data("dtype");
+            using var scope = torch.NewDisposeScope();
+            var sumType = dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : dtype;
+            long paddedSide = g.Side + 2 * g.Padding, span = (g.OutSide - 1) * g.Stride + 1;
+            var sum = torch.zeros([g.Batch, paddedSide, paddedSide, g.Channels], dtype: sumType, device: gradOutput.device);
+            var windows = gradOutput.reshape(g.Batch, g.OutSide, g.OutSide, g.Channels, g.Kernel, g.Kernel);
+            for (int i = 0; i < g.Kernel; i++)
+                for (int j = 0; j < g.Kernel; j++)
+                {
+                    // Input pixel (i + s·oy, j + s·ox) of the padded image got window (oy, ox)'s offset (i, j).
+                    using var target = sum.slice(1, i, i + span, g.Stride).slice(2, j, j + span, g.Stride); // [B, oh, ow, C]
+                    using var source = windows.select(5, j).select(4, i);
+                    target.add_(source);
+                }
+            var inner = sum.slice(1, g.Padding, g.Padding + g.Side, 1).slice(2, g.Padding, g.Padding + g.Side, 1);
+            var grad = inner.reshape(g.Batch, g.Side * g.Side, g.Channels).to(dtype); // a copy (strided slice), then the cast
+            return [scope.MoveToOuter(grad.is_contiguous() ? grad : grad.contiguous()), null!];
+        }
     }
 
     /// <summary>

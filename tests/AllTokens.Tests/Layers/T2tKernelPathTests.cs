@@ -143,6 +143,116 @@ public class T2tKernelPathTests
         Assert.Throws<ArgumentException>(() => SoftSplit.LinearOfTokens(torch.randn(16, 5), lin, 3, 2, 1));
     }
 
+    /// <summary>nn.Unfold of the re-structurized tokens, transposed back to tokens: what SoftSplit.OfTokens stands for.</summary>
+    private static Tensor UnfoldOfTokens(Tensor tokens, int side, int k, int s, int p)
+    {
+        using var unfold = nn.Unfold((k, k), stride: (s, s), padding: (p, p));
+        long b = tokens.shape[0], c = tokens.shape[2];
+        return unfold.call(tokens.transpose(1, 2).reshape(b, c, side, side)).transpose(1, 2);
+    }
+
+    [Theory]
+    [InlineData(2, 7, 5, 3, 2, 1)]  // odd grid 7×7 → 4×4
+    [InlineData(2, 8, 64, 3, 2, 1)] // T2T's soft split 1 shape (64 channels), 8×8 → 4×4
+    [InlineData(1, 6, 3, 2, 2, 0)]  // no padding, windows that do not overlap
+    [InlineData(1, 9, 4, 3, 1, 1)]  // stride 1: up to 9 windows per pixel
+    [InlineData(2, 5, 3, 7, 4, 2)]  // T2T's 7/4/2 geometry on a small grid, one window
+    [InlineData(1, 10, 2, 3, 3, 0)] // windows that leave the last grid row and column out
+    public void TokenSoftSplitEqualsUnfoldOfTheRestructuredTokens(int b, int side, int c, int k, int s, int p)
+    {
+        // fp64, so the gradients (sums of up to ⌈k/s⌉² terms, in another order than col2im's) agree to the last bits.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(26);
+        var tokens = torch.randn(b, side * side, c, dtype: ScalarType.Float64);
+        var t1 = tokens.detach().requires_grad_(true);
+        var expected = UnfoldOfTokens(t1, side, k, s, p);
+        var g = torch.randn(expected.shape, dtype: ScalarType.Float64);
+        expected.backward([g]);
+
+        var t2 = tokens.detach().requires_grad_(true);
+        var y = SoftSplit.OfTokens(t2, k, s, p);
+        Assert.Equal(expected.shape, y.shape);
+        Assert.True(y.is_contiguous());
+        Assert.True(expected.equal(y).all().item<bool>(), "the windows differ from nn.Unfold's columns");
+        y.backward([g]);
+        double worst = (t1.grad! - t2.grad!).abs().max().item<double>();
+        Assert.True(worst <= 1e-12, $"gradients differ by {worst:E3}");
+
+        using (torch.no_grad())
+        {
+            var plain = SoftSplit.OfTokens(tokens, k, s, p); // no autograd node: the same windows
+            Assert.False(plain.requires_grad);
+            Assert.True(expected.equal(plain).all().item<bool>());
+        }
+    }
+
+    [Fact]
+    public void Bf16TokenSoftSplitSumsItsGradientInFp32()
+    {
+        // Stride 1, so every inner pixel sums 9 window gradients: summed in fp32 and rounded once, each element is
+        // within one bf16 rounding (2^-8 relative, 8 significant bits) of the exact sum; sums in bf16 (as col2im's)
+        // round after every term and go past that.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(27);
+        var tokens = torch.randn(2, 64, 16).to(ScalarType.BFloat16);
+        var t = tokens.detach().requires_grad_(true);
+        var y = SoftSplit.OfTokens(t, 3, 1, 1);
+        Assert.Equal(ScalarType.BFloat16, y.dtype);
+        var expected = UnfoldOfTokens(tokens.to(ScalarType.Float64), 8, 3, 1, 1);
+        Assert.True(expected.to(ScalarType.BFloat16).equal(y).all().item<bool>(), "bf16 windows are copies, so exact");
+
+        var g = torch.randn(y.shape).to(ScalarType.BFloat16);
+        y.backward([g]);
+        var t64 = tokens.to(ScalarType.Float64).requires_grad_(true);
+        UnfoldOfTokens(t64, 8, 3, 1, 1).backward([g.to(ScalarType.Float64)]);
+        Assert.Equal(ScalarType.BFloat16, t.grad!.dtype);
+        var exact = t64.grad!;
+        var err = (t.grad!.to(ScalarType.Float64) - exact).abs() / exact.abs().clamp_min(1e-30);
+        double worst = err.max().item<double>();
+        Assert.True(worst <= Math.Pow(2, -8) * 1.001, $"worst relative error {worst:E3} exceeds one bf16 rounding");
+    }
+
+    [Fact]
+    public void TokenSoftSplitRejectsWhatItCannotSplit()
+    {
+        using var _ = torch.NewDisposeScope();
+        Assert.Contains("square", Assert.Throws<ArgumentException>(() => SoftSplit.OfTokens(torch.randn(1, 12, 5), 3, 2, 1)).Message);
+        Assert.Contains("[B, N, C]", Assert.Throws<ArgumentException>(() => SoftSplit.OfTokens(torch.randn(16, 5), 3, 2, 1)).Message);
+        Assert.Contains("does not fit", Assert.Throws<ArgumentException>(() => SoftSplit.OfTokens(torch.randn(1, 4, 5), 5, 1, 0)).Message);
+        Assert.Throws<ArgumentException>(() => SoftSplit.OfTokens(torch.randn(1, 16, 5), 3, 0, 1));
+    }
+
+    [Theory]
+    [InlineData("t2t_vit_7")]
+    [InlineData("t2t_vit_t_14")]
+    public void AT2tModelGivesTheSameLogitsAndGradientsWithTheTokenSoftSplit(string name)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(28);
+        using var model = ModelRegistry.Create(name, new ModelOptions(NumClasses: 10, ImgSize: 32));
+        model.eval(); // no dropout draws to differ
+        var image = torch.randn(2, 3, 32, 32);
+        bool was = SoftSplit.Strided;
+        try
+        {
+            SoftSplit.Strided = false;
+            var plain = model.call(image);
+            var g = torch.randn(plain.shape);
+            plain.backward([g]);
+            var plainGrads = Grads(model);
+            model.zero_grad();
+
+            SoftSplit.Strided = true;
+            var split = model.call(image);
+            split.backward([g]);
+            var splitGrads = Grads(model);
+            AssertClose(plain, split);
+            Assert.Equal(plainGrads.Length, splitGrads.Length);
+            for (int i = 0; i < plainGrads.Length; i++) AssertClose(plainGrads[i], splitGrads[i]);
+        }
+        finally { SoftSplit.Strided = was; }
+    }
+
     [Theory]
     [InlineData("t2t_vit_7")]    // Performer T2T layers
     [InlineData("t2t_vit_t_14")] // token-transformer T2T layers
