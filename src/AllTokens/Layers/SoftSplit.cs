@@ -11,11 +11,14 @@ namespace AllTokens.Layers;
 /// [B, C·k², L], transposes them, and the LayerNorm after it copies them again (soft split 0 + LayerNorm forward and
 /// backward, t2t_vit_7, b8: 11 vs 18 ms). Differentiable (pad, <c>Tensor.unfold</c> and reshape are), but autograd's
 /// backward for it (unfold_backward) is slower than col2im, so the soft split of tokens, whose input needs a gradient,
-/// has its own backward (<see cref="OfTokens"/>). The last soft split feeds a Linear directly (the T2T module's <c>project</c>); <see cref="LinearOfTokens"/> runs the
-/// pair as one convolution (<c>ALLTOKENS_T2T_PROJECT=linear</c>: nn.Unfold, then the linear).
+/// has its own backward (<see cref="OfTokens"/>). The last soft split feeds a Linear directly (the T2T module's
+/// <c>project</c>); <see cref="LinearOfTokens"/> runs the pair as one convolution (<c>ALLTOKENS_T2T_PROJECT=linear</c>:
+/// nn.Unfold, then the linear).
 /// </summary>
 public static class SoftSplit
 {
+    /// <summary>Soft splits 0 and 1 as windows (<see cref="FromImage"/>, <see cref="OfTokens"/>); off
+    /// (<c>ALLTOKENS_SOFT_SPLIT=unfold</c>): nn.Unfold, as the original.</summary>
     public static bool Strided { get; set; } = SpeedSwitch.On("ALLTOKENS_SOFT_SPLIT", "unfold");
     public static bool ProjectAsConvolution { get; set; } = SpeedSwitch.On("ALLTOKENS_T2T_PROJECT", "linear");
 
