@@ -118,7 +118,7 @@ public static class SoftSplit
                     // Input pixel (i + s·oy, j + s·ox) of the padded image got window (oy, ox)'s offset (i, j).
                     using var target = sum.slice(1, i, i + span, g.Stride).slice(2, j, j + span, g.Stride); // [B, oh, ow, C]
                     using var source = windows.select(5, j).select(4, i);
-                    target.add_(source);
+                    target.add_(source, Held.One);
                 }
             var inner = sum.slice(1, g.Padding, g.Padding + g.Side, 1).slice(2, g.Padding, g.Padding + g.Side, 1);
             var grad = inner.reshape(g.Batch, g.Side * g.Side, g.Channels).to(dtype); // a copy (strided slice), then the cast
