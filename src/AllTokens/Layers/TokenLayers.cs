@@ -122,7 +122,7 @@ public sealed class TokenAttention : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         long b = qkvOut.shape[0], n = qkvOut.shape[1];
-        var parts = qkvOut.reshape(b, n, 3, 1, inDim).permute(2, 0, 3, 1, 4); // [3, B, 1, N, e]
+        var parts = qkvOut.reshape(b, n, 3, 1, inDim).permute(2, 0, 3, 1, 4).unbind(0); // 3 × [B, 1, N, e] (unbind: see Attention)
         var q = parts[0];
         var k = parts[1];
         var v = parts[2];
