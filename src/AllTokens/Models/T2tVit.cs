@@ -86,7 +86,7 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
                 // The image's soft split as strided windows (Layers/SoftSplit: the same tokens, one copy fewer).
                 var s0 = SoftSplit.Strided ? SoftSplit.FromImage(x, 7, 4, 2) : soft_split0!.call(x).transpose(1, 2); // [B, (H/4)², 147]
                 var a1 = attention1!.call(s0);                                                         // [B, (H/4)², 64]
-                // Soft split 1 straight from the tokens (Layers/SoftSplit: one copy forward, a parallel backward).
+                // Soft split 1 straight from the tokens (Layers/SoftSplit: strided copies forward, a parallel backward).
                 var s1 = SoftSplit.Strided ? SoftSplit.OfTokens(a1, 3, 2, 1) : soft_split1!.call(Restructure(a1)).transpose(1, 2);
                 var a2 = attention2!.call(s1);                                                         // [B, (H/8)², 64]
                 // soft split 2 + project as one convolution over the tokens (Layers/SoftSplit, no unfolded columns).
