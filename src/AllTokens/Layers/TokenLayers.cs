@@ -63,7 +63,9 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
-        var d = qp.matmul(kp.sum(1).unsqueeze(-1));                           // [B, T, 1], fp32
+        // d_t = φ(q_t)·Σ_s φ(k_s) as a broadcast multiply and a row sum: libtorch ran the batched matrix-vector product
+        // (bmm of [B, T, m] by [B, m, 1]) on one thread (Performer forward + backward of this part: 4.5–5.3 vs 6.4–6.8 ms).
+        var d = qp.mul(kp.sum(1).unsqueeze(1)).sum(-1, keepdim: true);        // [B, T, 1], fp32
         // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
         using var eps = Epsilon.ToScalar();
         var qpn = qp.div(Held.Add(d, eps));
