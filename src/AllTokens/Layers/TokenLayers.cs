@@ -51,7 +51,9 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
         var zf = z.to(ScalarType.Float32);
         var shift = Held.Add((zf * zf).sum(-1, keepdim: true).div(two), logRootM); // [B, T, 1]
-        var wtx = zf.matmul(w.t().to(ScalarType.Float32));                     // [B, T, m]
+        // W z through Layers/Dense (oneDNN's multi-threaded 1×1 convolution in fp32): MKL ran this [B·T, e] × [e, m]
+        // product on one thread (that part of a Performer, forward + backward: 9.7–11.4 vs 10.5–11.9 ms).
+        var wtx = Dense.Forward(zf, w.to(ScalarType.Float32), null);          // [B, T, m]
         return (wtx - shift).exp();
     }
 
