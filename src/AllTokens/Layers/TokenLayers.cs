@@ -51,9 +51,12 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
         var zf = z.to(ScalarType.Float32);
         var shift = Held.Add((zf * zf).sum(-1, keepdim: true).div(two), logRootM); // [B, T, 1]
-        // W z through Layers/Dense (oneDNN's multi-threaded 1×1 convolution in fp32): MKL ran this [B·T, e] × [e, m]
-        // product on one thread (that part of a Performer, forward + backward: 9.7–11.4 vs 10.5–11.9 ms).
-        var wtx = Dense.Forward(zf, w.to(ScalarType.Float32), null);          // [B, T, m]
+        // W z: in a bf16 model zf is the cast's fresh contiguous copy, and Layers/Dense (oneDNN's multi-threaded 1×1
+        // convolution) beats MKL, which ran this [B·T, e] × [e, m] product on one thread (that part of a Performer,
+        // forward + backward: 9.7–11.4 vs 10.5–11.9 ms). In an fp32 model zf is kqv's strided slice, which the
+        // convolution's channels-last view cannot take without a reorder (11.6–13.9 vs 12.4–14.9 ms), so matmul stays.
+        var wf = w.to(ScalarType.Float32);
+        var wtx = zf.is_contiguous() ? Dense.Forward(zf, wf, null) : zf.matmul(wf.t()); // [B, T, m]
         return (wtx - shift).exp();
     }
 
