@@ -55,6 +55,9 @@ public static class SoftSplit
     /// <summary>The grid of a token soft split: batch, side, channels, kernel, stride, padding, output side.</summary>
     internal sealed record TokenGrid(long Batch, long Side, long Channels, int Kernel, int Stride, int Padding, long OutSide)
     {
+        /// <summary>Rows (and columns) of the padded image one kernel offset's strided slice spans.</summary>
+        public long Span => (OutSide - 1) * Stride + 1;
+
         public static TokenGrid Of(Tensor tokens, int kernel, int stride, int padding)
         {
             if (tokens.dim() != 3) throw new ArgumentException($"soft split of tokens needs [B, N, C], got {tokens.dim()}-D");
@@ -82,7 +85,7 @@ public static class SoftSplit
             // One copy per kernel offset (i, j), each a parallel elementwise copy with the channels as its inner loop. A
             // single copy from the 6-D window view (padded.unfold(1, k, s).unfold(2, k, s)) has the window's 3 columns as
             // its inner loop and took 4x as long (9 vs 2 ms in bf16 for t2t_vit_7's soft split 1 at batch 8).
-            long span = (g.OutSide - 1) * g.Stride + 1;
+            long span = g.Span;
             var result = torch.empty([g.Batch, g.OutSide, g.OutSide, g.Channels, g.Kernel, g.Kernel], dtype: tokens.dtype, device: tokens.device);
             for (int i = 0; i < g.Kernel; i++)
                 for (int j = 0; j < g.Kernel; j++)
@@ -109,7 +112,7 @@ public static class SoftSplit
             var dtype = (ScalarType)ctx.get_data("dtype");
             using var scope = torch.NewDisposeScope();
             var sumType = dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : dtype;
-            long paddedSide = g.Side + 2 * g.Padding, span = (g.OutSide - 1) * g.Stride + 1;
+            long paddedSide = g.Side + 2 * g.Padding, span = g.Span;
             var sum = torch.zeros([g.Batch, paddedSide, paddedSide, g.Channels], dtype: sumType, device: gradOutput.device);
             var windows = gradOutput.reshape(g.Batch, g.OutSide, g.OutSide, g.Channels, g.Kernel, g.Kernel);
             for (int i = 0; i < g.Kernel; i++)
@@ -122,7 +125,7 @@ public static class SoftSplit
                 }
             var inner = sum.slice(1, g.Padding, g.Padding + g.Side, 1).slice(2, g.Padding, g.Padding + g.Side, 1);
             var grad = inner.reshape(g.Batch, g.Side * g.Side, g.Channels).to(dtype); // a copy (strided slice), then the cast
-            return [scope.MoveToOuter(grad.is_contiguous() ? grad : grad.contiguous()), null!];
+            return [scope.MoveToOuter(grad.contiguous()), null!];
         }
     }
 
@@ -136,10 +139,8 @@ public static class SoftSplit
     /// </summary>
     public static Tensor LinearOfTokens(Tensor tokens, Linear linear, int kernel, int stride, int padding)
     {
-        if (tokens.dim() != 3) throw new ArgumentException($"soft split of tokens needs [B, N, C], got {tokens.dim()}-D");
-        long b = tokens.shape[0], n = tokens.shape[1], c = tokens.shape[2];
-        long side = (long)Math.Round(Math.Sqrt(n));
-        if (side * side != n) throw new ArgumentException($"{n} tokens do not form a square grid");
+        var grid = TokenGrid.Of(tokens, kernel, stride, padding); // the same checks as OfTokens
+        long b = grid.Batch, side = grid.Side, c = grid.Channels;
         if (linear.in_features != c * kernel * kernel)
             throw new ArgumentException($"the linear takes {linear.in_features} features, the soft split gives {c * kernel * kernel}");
         using var scope = torch.NewDisposeScope();
