@@ -2,17 +2,17 @@
 # AllTokens vs PyTorch on the same CPU, back to back: train step and inference images/s for the same architecture.
 # usage: bench/compare.sh [MODEL...]   (default: lvvit_t t2t_vit_7)
 # env: THREADS (2), BATCH (8), RES (224), STEPS (10), WARMUP (3), ROUNDS (3), TASK (auto: LV-ViT's token-label step; ce),
-#      OUT_JSONL (keep the raw JSON lines in this file)
+#      OUT_JSONL (keep the raw JSON lines in this file), BF16 (1: both sides in bf16 — ours --bf16, PyTorch's CPU autocast)
 # Needs Debian's python3-torch (and libopenblas0-openmp for OpenBLAS); prints one line per round and the median ratios.
 set -euo pipefail
-THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto}
+THREADS=${THREADS:-2} BATCH=${BATCH:-8} RES=${RES:-224} STEPS=${STEPS:-10} WARMUP=${WARMUP:-3} ROUNDS=${ROUNDS:-3} TASK=${TASK:-auto} BF16=${BF16:-0}
 source "$(dirname "$0")/common.sh"
 need_torch
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" --json 2>/dev/null | tee -a "$out"; }
+    ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" $([[ $BF16 == 1 ]] && echo --bf16) --json 2>/dev/null | tee -a "$out"; }
     theirs() { /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
-      $([[ $TASK == ce ]] && echo --ce) | tee -a "$out"; }
+      $([[ $TASK == ce ]] && echo --ce) $([[ $BF16 == 1 ]] && echo --bf16) | tee -a "$out"; }
     # Who goes first alternates between rounds, so a drift within a round does not always favour the same side.
     if (( r % 2 )); then ours; theirs; else theirs; ours; fi
   done

@@ -8,14 +8,27 @@ python3-torch and prints one JSON line:
 Models are our own PyTorch transcriptions from shared/reference (LVVIT.md §3, T2T_VIT.md §3); LV-ViT reuses the
 classes of tools/make_lvvit_fixtures.py. The LV-ViT train step is the token-labeling step (MixToken box, dense soft
 targets, cls + 0.5·token soft CE), as our bench does; other models use cross-entropy. Optimiser: AdamW (timm settings).
+--bf16 runs forward and loss under torch.autocast("cpu", torch.bfloat16), PyTorch's own mixed precision (fp32 weights,
+gradients and AdamW), to set beside `./alltokens bench --bf16` (bench/bf16.sh with IMPL=pytorch).
 """
-import argparse, json, math, os, resource, statistics, sys, time
+import argparse, contextlib, json, math, os, resource, statistics, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 from make_lvvit_fixtures import LVViT, Block  # noqa: E402  (our own transcription)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm computed in fp32 under CPU autocast (--bf16), the policy CUDA autocast has for layer_norm: 1.13's CPU
+    autocast leaves layer_norm out, and the Performer's bf16 residual then meets the fp32 weight and raises."""
+
+    def forward(self, x):
+        if torch.is_autocast_cpu_enabled():
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
 
 
 class TokenPerformer(nn.Module):
@@ -27,8 +40,8 @@ class TokenPerformer(nn.Module):
         self.kqv = nn.Linear(dim, 3 * in_dim)
         self.dp = nn.Dropout(0.1)
         self.proj = nn.Linear(in_dim, in_dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(in_dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(in_dim)
         self.epsilon = 1e-8
         self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.Dropout(0.1))
         self.m = int(in_dim * kernel_ratio)
@@ -94,7 +107,7 @@ class T2TViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
         self.pos_embed = nn.Parameter(sinusoid(n + 1, e), requires_grad=False)
         self.blocks = nn.ModuleList([Block(e, heads, mlp_ratio, 1.0) for _ in range(depth)])
-        self.norm = nn.LayerNorm(e)
+        self.norm = LayerNorm(e)
         self.head = nn.Linear(e, classes)
 
     def forward(self, x):
@@ -133,7 +146,8 @@ def breakdown(model, opt, a):
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: inputs.setdefault(n, inp[0].detach().clone())) for n, m in parts]
     model.train()
-    with torch.no_grad():
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
+    with torch.no_grad(), precision():
         model.forward_eval(torch.randn(a.batch, 3, a.res, a.res)) if hasattr(model, "forward_eval") else model(torch.randn(a.batch, 3, a.res, a.res))
     for h in hooks:
         h.remove()
@@ -146,7 +160,8 @@ def breakdown(model, opt, a):
 
         def run(m=m, x0=x0, image=image):
             x = x0 if image or not x0.is_floating_point() else x0.detach().requires_grad_(True)
-            y = m(x)
+            with precision():
+                y = m(x)
             if y.requires_grad:
                 y.backward(torch.ones_like(y))
             model.zero_grad(set_to_none=True)
@@ -180,6 +195,7 @@ def main():
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--ce", action="store_true", help="plain cross-entropy step for LV-ViT too (compare with bench --task ce)")
     ap.add_argument("--breakdown", action="store_true", help="also time each top-level part alone, forward + backward (as bench --breakdown)")
+    ap.add_argument("--bf16", action="store_true", help="forward and loss under CPU autocast to bfloat16 (PyTorch's mixed precision)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -196,8 +212,17 @@ def main():
         dense = torch.softmax(torch.randn(a.batch, g * g, a.classes), dim=-1)
         cls_t = torch.softmax(torch.randn(a.batch, a.classes), dim=-1)
 
+    def precision():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
+
     def train_step():
         opt.zero_grad(set_to_none=True)
+        with precision():
+            loss = step_loss()
+        loss.backward()
+        opt.step()
+
+    def step_loss():
         if tl:
             lam = torch.rand(1).item()
             cut = int(g * math.sqrt(1 - lam))
@@ -207,13 +232,10 @@ def main():
             cls, aux = model.forward_train(x, (t, l, b, r))
             lam2 = 1 - (b - t) * (r - l) / (g * g)
             tc = lam2 * cls_t + (1 - lam2) * cls_t.flip(0)
-            loss = soft_ce(cls, tc) + 0.5 * soft_ce(aux.reshape(-1, a.classes), dense.reshape(-1, a.classes))
-        elif lvvit:
-            loss = F.cross_entropy(model.forward_eval(x), y, label_smoothing=0.1)
-        else:
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        loss.backward()
-        opt.step()
+            return soft_ce(cls, tc) + 0.5 * soft_ce(aux.reshape(-1, a.classes), dense.reshape(-1, a.classes))
+        if lvvit:
+            return F.cross_entropy(model.forward_eval(x), y, label_smoothing=0.1)
+        return F.cross_entropy(model(x), y, label_smoothing=0.1)
 
     model.train()
     times = []
@@ -227,7 +249,7 @@ def main():
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / a.steps
     model.eval()
     infer = []
-    with torch.no_grad():
+    with torch.no_grad(), precision():
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
             model.forward_eval(x) if lvvit else model(x)
@@ -237,6 +259,7 @@ def main():
     parts = breakdown(model, opt, a) if a.breakdown else None
     print(json.dumps({
         "impl": "pytorch", "version": torch.__version__, "model": a.model, "res": a.res, "batch": a.batch, "threads": a.threads,
+        "bf16": a.bf16,
         "train_images_per_s": a.batch / med, "infer_images_per_s": a.batch / imed, "median_step_s": med,
         "median_infer_s": imed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "page_faults_per_step": faults,
