@@ -9,8 +9,9 @@ namespace AllTokens.Layers;
 /// channels-last view of the tokens: x [P, N, K] is viewed (no copy) as the image [P, K, 1, N] with NHWC strides, so
 /// libtorch hands it to oneDNN, whose AVX-512 kernels beat the GEMM libtorch's bundled MKL picks on AMD CPUs, and the
 /// NHWC output [P, C, 1, N] is already y [P, N, C]. Forward + backward of an lvvit_t block measured ~10 % faster
-/// (its MLP ~16 %) on 2 Zen 4 cores, paired runs (BENCHMARKS.md). Other devices and dtypes (bf16 already goes to
-/// oneDNN) and inputs with few rows use the plain linear. Same maths, other float rounding;
+/// (its MLP ~16 %) on 2 Zen 4 cores, paired runs (BENCHMARKS.md). bf16 takes it in inference only (the bias inside
+/// the kernel; see <see cref="TakesConvPath(Linear, Tensor)"/>); other devices and dtypes and inputs with few rows use the
+/// plain linear. Same maths, other float rounding;
 /// <c>ALLTOKENS_LINEAR=plain</c> turns it off for comparisons.
 /// </summary>
 public static class Dense
@@ -39,14 +40,21 @@ public static class Dense
     /// </summary>
     internal static Action<Linear, Tensor>? Probe { get; set; }
 
-    /// <summary>Whether <see cref="AsConvolution"/> applies and pays: fp32 on a CPU, ≥ <see cref="MinRows"/> rows.</summary>
+    /// <summary>
+    /// Whether <see cref="AsConvolution"/> applies and pays: on a CPU with ≥ <see cref="MinRows"/> rows, fp32 always, bf16
+    /// without autograd (inference). bf16 linears already run in oneDNN, but as a matmul whose bias is a separate pass
+    /// over the output; the convolution adds it in its own kernel, 5–10 % faster forward on lvvit_t's linears. With a
+    /// backward the two came out level, so training keeps the matmul (BENCHMARKS.md).
+    /// </summary>
     internal static bool TakesConvPath(Linear linear, Tensor x) => TakesConvPath(linear.weight!, x);
 
     private static bool TakesConvPath(Tensor w, Tensor x)
     {
-        if (x.dim() < 2 || x.device_type != DeviceType.CPU || x.dtype != ScalarType.Float32 || w.dtype != ScalarType.Float32) return false;
+        if (x.dim() < 2 || x.device_type != DeviceType.CPU || x.dtype != w.dtype) return false;
+        bool dtypeTakes = x.dtype == ScalarType.Float32
+            || (x.dtype == ScalarType.BFloat16 && !torch.is_grad_enabled());
         long inFeatures = w.shape[1];
-        return x.shape[^1] == inFeatures && x.numel() / inFeatures >= MinRows;
+        return dtypeTakes && x.shape[^1] == inFeatures && x.numel() / inFeatures >= MinRows;
     }
 
     /// <summary>The linear as a 1×1 convolution over [P, K, 1, N] (any input of shape [..., N, K]).</summary>

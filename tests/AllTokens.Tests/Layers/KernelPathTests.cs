@@ -128,9 +128,35 @@ public class KernelPathTests
         Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 16)));
         var bf = nn.Linear(16, 4);
         bf.to(ScalarType.BFloat16);
-        Assert.False(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16)));
+        Assert.False(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16))); // bf16 with autograd
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16))); // dtypes differ
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.Float64)));
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 15)));           // wrong width: the Linear's own error
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Bf16InferenceTakesTheConvolutionWithTheLinearsValues(bool bias)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(12);
+        var lin = nn.Linear(240, 72, hasBias: bias);
+        lin.to(ScalarType.BFloat16);
+        var x = torch.randn(new long[] { 8, 197, 240 }).to(ScalarType.BFloat16);
+        Assert.False(Dense.TakesConvPath(lin, x)); // training keeps libtorch's matmul
+        using var noGrad = torch.no_grad();
+        Assert.True(Dense.TakesConvPath(lin, x));
+        var viaConv = Dense.Forward(lin, x);
+        Assert.Equal(ScalarType.BFloat16, viaConv.dtype);
+        Assert.Equal(new long[] { 8, 197, 72 }, viaConv.shape);
+        // Both accumulate in fp32 and round the result to bf16; they may differ by that rounding, about 2⁻⁸ relative.
+        var exact = nn.functional.linear(x.to(ScalarType.Float32), lin.weight!.to(ScalarType.Float32), lin.bias?.to(ScalarType.Float32));
+        double scale = exact.abs().max().item<float>();
+        double convErr = (viaConv.to(ScalarType.Float32) - exact).abs().max().item<float>();
+        double plainErr = (lin.call(x).to(ScalarType.Float32) - exact).abs().max().item<float>();
+        Assert.True(convErr <= scale / 128, $"convolution path off by {convErr:E3} (max |y| {scale:E3})");
+        Assert.True(convErr <= 2 * plainErr + scale / 512, $"convolution path off by {convErr:E3}, matmul by {plainErr:E3}");
     }
 
     [Fact]
