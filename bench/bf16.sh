@@ -17,12 +17,8 @@ for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     flags=("" --bf16); (( r % 2 )) || flags=(--bf16 "") # alternate which precision goes first
     for flag in "${flags[@]}"; do
-      if [[ $IMPL == pytorch ]]; then
-        /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
-          $([[ $TASK == ce ]] && echo --ce) $flag | tee -a "$out"
-      else
-        ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" $flag --json 2>/dev/null | tee -a "$out"
-      fi
+      if [[ $IMPL == pytorch ]]; then run_theirs "$m" $([[ $TASK == ce ]] && echo --ce) $flag
+      else run_ours "$m" --task "$TASK" $flag; fi | tee -a "$out"
     done
   done
 done

@@ -10,8 +10,8 @@ need_torch
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     # Cross-entropy on both sides, so the parts (not the loss) are what differs.
-    ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task ce --breakdown --json 2>/dev/null >>"$out"; }
-    theirs() { /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --ce --breakdown >>"$out"; }
+    ours() { run_ours "$m" --task ce --breakdown >>"$out"; }
+    theirs() { run_theirs "$m" --ce --breakdown >>"$out"; }
     if (( r % 2 )); then ours; theirs; else theirs; ours; fi # alternate who goes first
     echo "breakdown: $m round $r of $ROUNDS done" >&2
   done

@@ -18,3 +18,14 @@ need_torch() {
   echo "$(basename "$0"): the PyTorch side needs Debian's python3-torch: sudo apt-get install python3-torch libopenblas0-openmp" >&2
   exit 1
 }
+# One benchmark run of either side for model $1 with the calling script's THREADS, BATCH, RES, STEPS and WARMUP; the
+# remaining arguments are that side's own flags (ours: --task ce --bf16 ...; theirs: torch_bench.py's --ce --bf16 ...).
+# Each prints its JSON line on stdout; the caller sends it to "$out".
+run_ours() {
+  local m=$1; shift
+  ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" "$@" --json 2>/dev/null
+}
+run_theirs() {
+  local m=$1; shift
+  /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" "$@"
+}

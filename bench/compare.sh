@@ -10,9 +10,8 @@ source "$(dirname "$0")/common.sh"
 need_torch
 for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
-    ours() { ./alltokens bench --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" --task "$TASK" $([[ $BF16 == 1 ]] && echo --bf16) --json 2>/dev/null | tee -a "$out"; }
-    theirs() { /usr/bin/python3 bench/torch_bench.py --model "$m" --res "$RES" --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --threads "$THREADS" \
-      $([[ $TASK == ce ]] && echo --ce) $([[ $BF16 == 1 ]] && echo --bf16) | tee -a "$out"; }
+    ours() { run_ours "$m" --task "$TASK" $([[ $BF16 == 1 ]] && echo --bf16) | tee -a "$out"; }
+    theirs() { run_theirs "$m" $([[ $TASK == ce ]] && echo --ce) $([[ $BF16 == 1 ]] && echo --bf16) | tee -a "$out"; }
     # Who goes first alternates between rounds, so a drift within a round does not always favour the same side.
     if (( r % 2 )); then ours; theirs; else theirs; ours; fi
   done

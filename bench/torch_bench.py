@@ -130,6 +130,11 @@ def build(name, img, classes):
     raise SystemExit(f"torch_bench: unknown model {name}")
 
 
+def precision(bf16):
+    """The context a forward runs in: CPU autocast to bfloat16 under --bf16, else plain fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def soft_ce(logits, target):
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
@@ -146,8 +151,7 @@ def breakdown(model, opt, a):
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: inputs.setdefault(n, inp[0].detach().clone())) for n, m in parts]
     model.train()
-    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
-    with torch.no_grad(), precision():
+    with torch.no_grad(), precision(a.bf16):
         model.forward_eval(torch.randn(a.batch, 3, a.res, a.res)) if hasattr(model, "forward_eval") else model(torch.randn(a.batch, 3, a.res, a.res))
     for h in hooks:
         h.remove()
@@ -160,7 +164,7 @@ def breakdown(model, opt, a):
 
         def run(m=m, x0=x0, image=image):
             x = x0 if image or not x0.is_floating_point() else x0.detach().requires_grad_(True)
-            with precision():
+            with precision(a.bf16):
                 y = m(x)
             if y.requires_grad:
                 y.backward(torch.ones_like(y))
@@ -212,12 +216,9 @@ def main():
         dense = torch.softmax(torch.randn(a.batch, g * g, a.classes), dim=-1)
         cls_t = torch.softmax(torch.randn(a.batch, a.classes), dim=-1)
 
-    def precision():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if a.bf16 else contextlib.nullcontext()
-
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with precision():
+        with precision(a.bf16):
             loss = step_loss()
         loss.backward()
         opt.step()
@@ -249,7 +250,7 @@ def main():
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / a.steps
     model.eval()
     infer = []
-    with torch.no_grad(), precision():
+    with torch.no_grad(), precision(a.bf16):
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
             model.forward_eval(x) if lvvit else model(x)
