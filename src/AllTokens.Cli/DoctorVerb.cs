@@ -1,3 +1,4 @@
+using AllTokens.Layers;
 using System.Globalization;
 using System.Text.Json;
 using AllTokens.Distributed;
@@ -31,6 +32,7 @@ public static class DoctorVerb
         report["threads"] = torch.get_num_threads();
         // NativeEnvironment.ConfigureAllocator ran at start (Program.Main); in-process callers of Run see the host's setting.
         report["malloc"] = NativeEnvironment.AllocatorConfigured ? "heap kept between steps" : "glibc defaults";
+        report["kernel_threads"] = OpenMpTeam.RuntimePath is { } omp ? $"libtorch's OpenMP team ({Path.GetFileName(omp)})" : "Parallel.For";
         report["cuda"] = torch.cuda.is_available();
         report["fonts"] = Drawing.Typeface is null ? "none (pictures without text; install fonts-dejavu-core)" : Drawing.Typeface.FamilyName;
         report["fashion_mnist"] = File.Exists(Path.Combine(FashionMnistDir, "train-images-idx3-ubyte.gz"))
