@@ -48,7 +48,10 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     {
         // exp(W z − ‖z‖²/2)/√m, with the 1/√m folded into the exponent (one pass over [B, T, m] fewer, forward and back).
         // The whole exponent is fp32, as the original's .float(): an error in it is multiplied into the feature by exp.
-        using Scalar two = 2.0.ToScalar(), logRootM = (0.5 * Math.Log(m)).ToScalar(); // held for the calls (see Held)
+        double lnRootM = 0.5 * Math.Log(m);
+        // One fused AVX-512 pass forward and one backward on libtorch's OpenMP team (Layers/RandomFeatures), where it applies.
+        if (RandomFeatures.Applies(z, w)) return RandomFeatures.Exp(z, w, lnRootM);
+        using Scalar two = 2.0.ToScalar(), logRootM = lnRootM.ToScalar(); // held for the calls (see Held)
         var zf = z.to(ScalarType.Float32);
         var shift = Held.Add((zf * zf).sum(-1, keepdim: true).div(two), logRootM); // [B, T, 1]
         // W z: in a bf16 model zf is the cast's fresh contiguous copy, and Layers/Dense (oneDNN's multi-threaded 1×1

@@ -1,0 +1,326 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AllTokens.Layers;
+
+/// <summary>
+/// The T2T Performer's positive random features φ(z) = exp(W z − ‖z‖²/2 − shift) [B, T, m] of tokens z [B, T, e], in
+/// fp32 whatever z's dtype (T2T_VIT.md §3.4: the original's <c>prm_exp</c> runs on <c>.float()</c> inputs), as one
+/// AVX-512 pass over the tokens forward and one backward. libtorch's composition of the same maths (cast, square, row
+/// sum, GEMM, subtraction, exp) wrote four [B, T, e]-sized intermediates forward, and its backward five more plus two
+/// gradient accumulations and a cast, each a pass of its own; here φ is the only tensor written forward, and the
+/// backward writes only ∂z. The backward recomputes φ from z (a few hundred FMAs a token) instead of keeping it.
+///
+/// Backward: with u = g ⊙ φ, ∂z = uᵀW − (Σⱼ uⱼ)·z. A bf16 z is widened exactly and its gradient rounded to nearest even,
+/// as a cast would. Same maths as the composition, other summation order (fp32 rounding); <c>ALLTOKENS_PRM=torch</c>
+/// switches back to it for comparisons. Used on CPUs with AVX-512 for fp32/bf16 tokens whose widths are multiples of 16.
+/// Both passes run on libtorch's OpenMP team (<see cref="OpenMpTeam"/>): with .NET's thread pool the kernel got about one
+/// core and lost to the composition (session 10); on the team, forward + backward on t2t_vit_7's [8, 3136, 64] keys
+/// take bf16 6.9–7.4 vs 9.1–10.3 ms, fp32 9.0–9.7 vs 11.1–12.5 ms (BENCHMARKS.md).
+/// </summary>
+public static class RandomFeatures
+{
+    public static bool Enabled { get; set; } = SpeedSwitch.On("ALLTOKENS_PRM", "torch");
+
+    private const int MaxWidth = 4096; // per-row scratch lives on the stack
+    private const int ChunkRows = 256; // each thread's rows start at a multiple of this (and of the 4 rows a pass)
+
+    /// <summary>Whether <see cref="Exp"/> takes z [B, T, e] with the frozen W [m, e].</summary>
+    public static bool Applies(Tensor z, Tensor w) =>
+        Enabled && Vector512.IsHardwareAccelerated && z.device_type == DeviceType.CPU
+        && z.dtype is ScalarType.Float32 or ScalarType.BFloat16 && z.dim() == 3 && z.stride(2) == 1
+        && w.dim() == 2 && w.shape[1] == z.shape[2] && !w.requires_grad
+        && z.shape[2] % 16 == 0 && w.shape[0] % 16 == 0 && z.shape[2] <= MaxWidth && w.shape[0] <= MaxWidth;
+
+    /// <summary>φ(z) = exp(W z − ‖z‖²/2 − <paramref name="shift"/>) in fp32 [B, T, m]; see the class remarks.</summary>
+    public static Tensor Exp(Tensor z, Tensor w, double shift)
+    {
+        if (!Applies(z, w)) throw new ArgumentException($"random features: z [{string.Join(", ", z.shape)}] {z.dtype} with W [{string.Join(", ", w.shape)}] needs the libtorch path");
+        var weights = Weights.Of(w, (float)shift);
+        return z.requires_grad && torch.is_grad_enabled() ? Function.apply(z, weights) : Forward(z, weights);
+    }
+
+    /// <summary>W in both layouts the kernels read: Wᵀ [e, m] forward, W [m, e] backward.</summary>
+    private sealed record Weights(float[] Transposed, float[] Rows, int E, int M, float Shift)
+    {
+        public static Weights Of(Tensor w, float shift)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var _ = torch.no_grad();
+            var f = w.detach().to(ScalarType.Float32).cpu();
+            static float[] Copy(Tensor t) => MemoryMarshal.Cast<byte, float>(t.contiguous().bytes).ToArray();
+            return new Weights(Copy(f.t()), Copy(f), (int)w.shape[1], (int)w.shape[0], shift);
+        }
+    }
+
+    /// <summary>Row addressing of z [B, T, e] with strides (sB, sT, 1), and its element type.</summary>
+    private readonly unsafe struct Rows(byte* data, bool bf16, long t, long batchStride, long tokenStride)
+    {
+        public readonly bool Bf16 = bf16;
+
+        public byte* this[long row] => data + ((row / t) * batchStride + (row % t) * tokenStride) * (Bf16 ? 2 : 4);
+
+        public static Rows Of(Tensor z) => new(DataPointer(z), z.dtype == ScalarType.BFloat16, z.shape[1], z.stride(0), z.stride(1));
+    }
+
+    /// <summary>The address of <paramref name="t"/>'s first element (TorchSharp's <c>bytes</c> refuses strided tensors).</summary>
+    private static unsafe byte* DataPointer(Tensor t)
+    {
+        using var first = t.as_strided([1], [1], t.storage_offset()); // a one-element view of the same storage
+        fixed (byte* p = first.bytes) return p; // native memory: pinning is a no-op, the pointer stays valid while t lives
+    }
+
+    private static unsafe Tensor Forward(Tensor z, Weights w)
+    {
+        long rows = z.shape[0] * z.shape[1];
+        var phi = torch.empty([z.shape[0], z.shape[1], w.M], dtype: ScalarType.Float32);
+        if (rows == 0) return phi;
+        var src = Rows.Of(z);
+        fixed (byte* outBytes = phi.bytes)
+        fixed (float* wt = w.Transposed)
+        {
+            var job = new Job { Src = src, E = w.E, M = w.M, Shift = w.Shift, Wt = wt, Phi = (float*)outBytes };
+            OpenMpTeam.For(rows, ChunkRows, &ForwardPart, &job);
+        }
+        return phi;
+    }
+
+    private static unsafe Tensor Backward(Tensor z, Tensor grad, Weights w)
+    {
+        long rows = z.shape[0] * z.shape[1];
+        var gz = torch.empty(z.shape, dtype: z.dtype);
+        if (rows == 0) return gz;
+        using var f = grad.to(ScalarType.Float32);
+        using var g = f.contiguous();
+        var src = Rows.Of(z);
+        fixed (byte* gBytes = g.bytes)
+        fixed (byte* outBytes = gz.bytes)
+        fixed (float* wt = w.Transposed)
+        fixed (float* wr = w.Rows)
+        {
+            var job = new Job { Src = src, E = w.E, M = w.M, Shift = w.Shift, Wt = wt, Wr = wr, G = (float*)gBytes, Gz = outBytes };
+            OpenMpTeam.For(rows, ChunkRows, &BackwardPart, &job);
+        }
+        return gz;
+    }
+
+    /// <summary>Rows [from, to) of φ, four at a time (four FMA chains over one load of each Wᵀ row).</summary>
+    /// <summary>What a pass's threads share: z's rows, the widths, the shift, W in both layouts, g, and the output.</summary>
+    private unsafe struct Job
+    {
+        public Rows Src;
+        public int E, M;
+        public float Shift;
+        public float* Wt, Wr, G, Phi;
+        public byte* Gz;
+    }
+
+    private static unsafe void ForwardPart(long from, long to, void* state)
+    {
+        var j = (Job*)state;
+        ForwardRows(j->Src, j->E, j->M, j->Shift, j->Wt, j->Phi, from, to);
+    }
+
+    private static unsafe void BackwardPart(long from, long to, void* state)
+    {
+        var j = (Job*)state;
+        BackwardRows(j->Src, j->E, j->M, j->Shift, j->Wt, j->Wr, j->G, j->Gz, from, to);
+    }
+
+    private static unsafe void ForwardRows(Rows src, int e, int m, float shift, float* wt, float* phi, long from, long to)
+    {
+        float* zr = stackalloc float[4 * e];
+        float* h = stackalloc float[4];
+        float* acc = stackalloc float[4 * 16];
+        for (long r = from; r < to; r += 4)
+        {
+            int n = (int)Math.Min(4, to - r);
+            LoadRows(src, r, n, e, shift, zr, h);
+            for (int jb = 0; jb < m; jb += 16)
+            {
+                Exponents(zr, e, wt + jb, m, acc);
+                float* dst = phi + r * m + jb;
+                for (int k = 0; k < n; k++)
+                    Vector512.Store(ExpF(Vector512.Load(acc + 16 * k) - Vector512.Create(h[k])), dst + k * m);
+            }
+        }
+    }
+
+    /// <summary>Rows [from, to) of ∂z = uᵀW − (Σ u)·z with u = g ⊙ φ, φ recomputed from z.</summary>
+    private static unsafe void BackwardRows(Rows src, int e, int m, float shift, float* wt, float* wr, float* g, byte* gz, long from, long to)
+    {
+        float* zr = stackalloc float[4 * e];
+        float* u = stackalloc float[4 * m];
+        float* h = stackalloc float[4];
+        float* s = stackalloc float[4];
+        float* acc = stackalloc float[4 * 16];
+        for (long r = from; r < to; r += 4)
+        {
+            int n = (int)Math.Min(4, to - r);
+            LoadRows(src, r, n, e, shift, zr, h);
+            // Rows past the end (n < 4) get u = 0: their z rows are zero and they are never stored.
+            for (int k = n; k < 4; k++) s[k] = 0;
+            for (int k = n * m; k < 4 * m; k++) u[k] = 0;
+            for (int jb = 0; jb < m; jb += 16)
+            {
+                Exponents(zr, e, wt + jb, m, acc);
+                for (int k = 0; k < n; k++)
+                {
+                    var uk = ExpF(Vector512.Load(acc + 16 * k) - Vector512.Create(h[k])) * Vector512.Load(g + (r + k) * m + jb);
+                    Vector512.Store(uk, u + k * m + jb);
+                }
+            }
+            for (int k = 0; k < n; k++)
+            {
+                var sum = Vector512<float>.Zero;
+                for (int jb = 0; jb < m; jb += 16) sum += Vector512.Load(u + k * m + jb);
+                s[k] = Vector512.Sum(sum);
+            }
+            for (int ib = 0; ib < e; ib += 16)
+            {
+                InputGradients(zr, e, u, m, s, wr + ib, ib, acc);
+                for (int k = 0; k < n; k++) StoreRow(gz, src.Bf16, (r + k) * e + ib, Vector512.Load(acc + 16 * k));
+            }
+        }
+    }
+
+    /// <summary>Rows r..r+n−1 of z widened to fp32 into zr [4, e] (missing rows zeroed), h = ‖z‖²/2 + shift.</summary>
+    private static unsafe void LoadRows(Rows src, long r, int n, int e, float shift, float* zr, float* h)
+    {
+        for (int k = 0; k < 4; k++)
+        {
+            float* dst = zr + k * e;
+            var sq = Vector512<float>.Zero;
+            if (k < n)
+            {
+                byte* row = src[r + k];
+                for (int i = 0; i < e; i += 16)
+                {
+                    var v = src.Bf16 ? WidenBf16((ushort*)row + i) : Vector512.Load((float*)row + i);
+                    Vector512.Store(v, dst + i);
+                    sq = Vector512.FusedMultiplyAdd(v, v, sq);
+                }
+            }
+            else
+                for (int i = 0; i < e; i += 16) Vector512.Store(Vector512<float>.Zero, dst + i);
+            h[k] = 0.5f * Vector512.Sum(sq) + shift;
+        }
+    }
+
+    // The two inner loops below are kept out of line: inlined next to the Vector512.Exp calls, the JIT spilled the four
+    // accumulators to the stack on every iteration (calls clobber all vector registers), which tripled the kernel's time.
+
+    /// <summary>(W z)[jb..jb+16) of the four rows in zr into acc [4, 16]; <paramref name="wt"/> points at Wᵀ[0, jb].</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void Exponents(float* zr, int e, float* wt, int m, float* acc)
+    {
+        var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
+        float* z1 = zr + e, z2 = zr + 2 * e, z3 = zr + 3 * e;
+        for (int i = 0; i < e; i++, wt += m)
+        {
+            var wv = Vector512.Load(wt);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(zr[i]), wv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(z1[i]), wv, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(z2[i]), wv, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(z3[i]), wv, c3);
+        }
+        Vector512.Store(c0, acc); Vector512.Store(c1, acc + 16); Vector512.Store(c2, acc + 32); Vector512.Store(c3, acc + 48);
+    }
+
+    /// <summary>∂z[ib..ib+16) = Σⱼ uⱼ W[j, ib..] − s·z of the four rows into acc [4, 16]; <paramref name="w"/> points at W[0, ib].</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void InputGradients(float* zr, int e, float* u, int m, float* s, float* w, int ib, float* acc)
+    {
+        var c0 = -Vector512.Create(s[0]) * Vector512.Load(zr + ib);
+        var c1 = -Vector512.Create(s[1]) * Vector512.Load(zr + e + ib);
+        var c2 = -Vector512.Create(s[2]) * Vector512.Load(zr + 2 * e + ib);
+        var c3 = -Vector512.Create(s[3]) * Vector512.Load(zr + 3 * e + ib);
+        float* u1 = u + m, u2 = u + 2 * m, u3 = u + 3 * m;
+        for (int j = 0; j < m; j++, w += e)
+        {
+            var wv = Vector512.Load(w);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(u[j]), wv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(u1[j]), wv, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(u2[j]), wv, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(u3[j]), wv, c3);
+        }
+        Vector512.Store(c0, acc); Vector512.Store(c1, acc + 16); Vector512.Store(c2, acc + 32); Vector512.Store(c3, acc + 48);
+    }
+
+    /// <summary>
+    /// eˣ for 16 floats, within ~1 ulp of the exact value: x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, so r
+    /// is exact), eʳ by Cephes' degree-5 minimax polynomial for expf (its published coefficients), times 2ⁿ applied as
+    /// two powers of two so that results between the smallest normal and zero come out as denormals. NaN stays NaN,
+    /// −∞ gives 0, +∞ and overflow give +∞. .NET's Vector512.Exp computes floats through doubles and cost ~4× as much here.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> ExpF(Vector512<float> x)
+    {
+        var c = Vector512.Min(Vector512.Max(x, Vector512.Create(-175f)), Vector512.Create(89f)); // n stays in [−253, 129]
+        var n = Vector512.Round(c * Vector512.Create(1.44269504088896341f));
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), c);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        var p = Vector512.Create(1.9875691500e-4f);
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.3981999507e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073e-3f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894e-2f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
+        var ni = Vector512.ConvertToInt32(n);
+        var half = Vector512.ShiftRightArithmetic(ni, 1);
+        var twoA = Vector512.ShiftLeft(half + Vector512.Create(127), 23).AsSingle();
+        var twoB = Vector512.ShiftLeft(ni - half + Vector512.Create(127), 23).AsSingle();
+        var y = p * twoA * twoB;
+        return Vector512.ConditionalSelect(Vector512.Equals(x, x), y, x); // NaN in, NaN out
+    }
+
+    /// <summary>16 bf16 values (their bit patterns) widened exactly to fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe Vector512<float> WidenBf16(ushort* p)
+    {
+        var v = Vector256.Load(p);
+        return Vector512.ShiftLeft(Vector512.Create(Vector256.WidenLower(v), Vector256.WidenUpper(v)), 16).AsSingle();
+    }
+
+    /// <summary>16 fp32 values stored at element <paramref name="index"/> of an fp32 or bf16 (round to nearest even) tensor.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreRow(byte* dst, bool bf16, long index, Vector512<float> v)
+    {
+        if (!bf16)
+        {
+            Vector512.Store(v, (float*)dst + index);
+            return;
+        }
+        // c10::BFloat16's rounding: add 0x7FFF plus the kept part's lowest bit, keep the top half; NaN → 0x7FC0.
+        var bits = v.AsUInt32();
+        var rounded = Vector512.ShiftRightLogical(bits + Vector512.Create(0x7FFFu) + (Vector512.ShiftRightLogical(bits, 16) & Vector512<uint>.One), 16);
+        rounded = Vector512.ConditionalSelect(Vector512.Equals(v, v).AsUInt32(), rounded, Vector512.Create(0x7FC0u));
+        Vector256.Store(Vector512.Narrow(rounded, Vector512<uint>.Zero).GetLower(), (ushort*)dst + index);
+    }
+
+    /// <summary>φ as an autograd function: z saved (a view its producer keeps anyway), φ recomputed backward.</summary>
+    private sealed class Function : torch.autograd.SingleTensorFunction<Function>
+    {
+        public override string Name => "PositiveRandomFeatures";
+
+        public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
+        {
+            var z = (Tensor)vars[0];
+            var w = (Weights)vars[1];
+            ctx.save_for_backward([z]);
+            ctx.save_data("weights", w);
+            return Forward(z, w);
+        }
+
+        public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var z = ctx.get_saved_variables()[0];
+            var w = (Weights)ctx.get_data("weights");
+            return [Backward(z, gradOutput, w), null!];
+        }
+    }
+}
