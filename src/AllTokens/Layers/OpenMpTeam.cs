@@ -127,11 +127,20 @@ public static unsafe class OpenMpTeam
         try
         {
             _ = torch.get_num_threads(); // libtorch (and its OpenMP runtime) loaded before we look
-            foreach (var path in LoadedLibraries())
+            var loaded = LoadedLibraries().ToList();
+            // Another OpenMP runtime may be loaded too (a system libgomp through some other library): prefer the one that
+            // sits next to libtorch_cpu, as the libtorch packages ship theirs; a second team would only add spinning threads.
+            string? torchDir = loaded.Where(p => System.IO.Path.GetFileName(p).StartsWith("libtorch_cpu", StringComparison.Ordinal))
+                .Select(System.IO.Path.GetDirectoryName).FirstOrDefault();
+            var candidates = loaded.Where(p =>
+                {
+                    string name = System.IO.Path.GetFileName(p);
+                    return name.StartsWith("libgomp", StringComparison.Ordinal) || name.StartsWith("libiomp5", StringComparison.Ordinal)
+                           || name.StartsWith("libomp", StringComparison.Ordinal);
+                })
+                .OrderBy(p => System.IO.Path.GetDirectoryName(p) == torchDir ? 0 : 1);
+            foreach (var path in candidates)
             {
-                string name = System.IO.Path.GetFileName(path);
-                if (!(name.StartsWith("libgomp", StringComparison.Ordinal) || name.StartsWith("libiomp5", StringComparison.Ordinal)
-                      || name.StartsWith("libomp", StringComparison.Ordinal))) continue;
                 if (!NativeLibrary.TryLoad(path, out var lib)) continue;
                 if (NativeLibrary.TryGetExport(lib, "GOMP_parallel", out var parallel)
                     && NativeLibrary.TryGetExport(lib, "omp_get_thread_num", out var threadNum)

@@ -69,6 +69,10 @@ public unsafe class OpenMpTeamTests
         if (!OperatingSystem.IsLinux()) return;
         Assert.NotNull(OpenMpTeam.RuntimePath);
         Assert.Contains("libgomp", Path.GetFileName(OpenMpTeam.RuntimePath));
+        // libtorch's own runtime, the one its parallel regions use: shipped next to libtorch_cpu.
+        var torchCpu = File.ReadLines("/proc/self/maps").Select(l => l.IndexOf('/') is int i and >= 0 ? l[i..] : "")
+            .First(p => Path.GetFileName(p).StartsWith("libtorch_cpu", StringComparison.Ordinal));
+        Assert.Equal(Path.GetDirectoryName(torchCpu), Path.GetDirectoryName(OpenMpTeam.RuntimePath));
         int before = torch.get_num_threads();
         try
         {
