@@ -210,42 +210,38 @@ public static class RandomFeatures
         }
     }
 
-    // The two inner loops below are kept out of line: inlined next to the Vector512.Exp calls, the JIT spilled the four
-    // accumulators to the stack on every iteration (calls clobber all vector registers), which tripled the kernel's time.
-
     /// <summary>(W z)[jb..jb+16) of the four rows in zr into acc [4, 16]; <paramref name="wt"/> points at Wᵀ[0, jb].</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
     private static unsafe void Exponents(float* zr, int e, float* wt, int m, float* acc)
     {
-        var c0 = Vector512<float>.Zero; var c1 = c0; var c2 = c0; var c3 = c0;
-        float* z1 = zr + e, z2 = zr + 2 * e, z3 = zr + 3 * e;
-        for (int i = 0; i < e; i++, wt += m)
-        {
-            var wv = Vector512.Load(wt);
-            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(zr[i]), wv, c0);
-            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(z1[i]), wv, c1);
-            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(z2[i]), wv, c2);
-            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(z3[i]), wv, c3);
-        }
-        Vector512.Store(c0, acc); Vector512.Store(c1, acc + 16); Vector512.Store(c2, acc + 32); Vector512.Store(c3, acc + 48);
+        new Span<float>(acc, 64).Clear();
+        AccumulateFourRows(zr, e, wt, m, e, acc);
     }
 
     /// <summary>∂z[ib..ib+16) = Σⱼ uⱼ W[j, ib..] − s·z of the four rows into acc [4, 16]; <paramref name="w"/> points at W[0, ib].</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
     private static unsafe void InputGradients(float* zr, int e, float* u, int m, float* s, float* w, int ib, float* acc)
     {
-        var c0 = -Vector512.Create(s[0]) * Vector512.Load(zr + ib);
-        var c1 = -Vector512.Create(s[1]) * Vector512.Load(zr + e + ib);
-        var c2 = -Vector512.Create(s[2]) * Vector512.Load(zr + 2 * e + ib);
-        var c3 = -Vector512.Create(s[3]) * Vector512.Load(zr + 3 * e + ib);
-        float* u1 = u + m, u2 = u + 2 * m, u3 = u + 3 * m;
-        for (int j = 0; j < m; j++, w += e)
+        for (int k = 0; k < 4; k++) Vector512.Store(-Vector512.Create(s[k]) * Vector512.Load(zr + k * e + ib), acc + 16 * k);
+        AccumulateFourRows(u, m, w, e, m, acc);
+    }
+
+    /// <summary>
+    /// acc[k, 0..16) += Σᵢ a[k·lda + i] · b[i·ldb .. +16) for the four rows k of a, i &lt; <paramref name="length"/>: both
+    /// products of the kernel (W z forward, uᵀW backward). Kept out of line: inlined next to the exponential, the JIT
+    /// spilled the four accumulators to the stack on every iteration (calls clobber all vector registers), which tripled
+    /// the kernel's time.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void AccumulateFourRows(float* a, int lda, float* b, int ldb, int length, float* acc)
+    {
+        var c0 = Vector512.Load(acc); var c1 = Vector512.Load(acc + 16); var c2 = Vector512.Load(acc + 32); var c3 = Vector512.Load(acc + 48);
+        float* a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda;
+        for (int i = 0; i < length; i++, b += ldb)
         {
-            var wv = Vector512.Load(w);
-            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(u[j]), wv, c0);
-            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(u1[j]), wv, c1);
-            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(u2[j]), wv, c2);
-            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(u3[j]), wv, c3);
+            var bv = Vector512.Load(b);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[i]), bv, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a1[i]), bv, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a2[i]), bv, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[i]), bv, c3);
         }
         Vector512.Store(c0, acc); Vector512.Store(c1, acc + 16); Vector512.Store(c2, acc + 32); Vector512.Store(c3, acc + 48);
     }
