@@ -61,6 +61,23 @@ internal static class CliProcess
         return psi;
     }
 
+    /// <summary>
+    /// One string field of <c>doctor --json</c>, run with the environment variable <paramref name="variable"/> set to
+    /// <paramref name="value"/> (or removed when null).
+    /// </summary>
+    public static string? DoctorField(string field, string variable, string? value)
+    {
+        var psi = StartInfo(["doctor", "--json"]);
+        if (value is null) psi.Environment.Remove(variable);
+        else psi.Environment[variable] = value;
+        using var cli = new RunningCli(psi);
+        Assert.True(cli.Process.WaitForExit(120_000), "doctor did not finish");
+        cli.Process.WaitForExit();
+        var json = cli.Out.Split('\n').Last(l => l.TrimStart().StartsWith('{'));
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        return doc.RootElement.GetProperty(field).GetString();
+    }
+
     /// <summary>Runs to the end or until <paramref name="timeoutSeconds"/> (then kills it and reports TimedOut).</summary>
     public static CliResult Run(IEnumerable<string> args, int timeoutSeconds = 120, long? fileSizeLimitKb = null)
     {
