@@ -265,6 +265,96 @@ public class T2tKernelPathTests
     }
 
     [Theory]
+    [InlineData(2, 20, 8, 6)]
+    [InlineData(3, 49, 32, 64)] // T2T's shapes, fewer tokens: m = 32 features, e = 64 values
+    public void PerformerFeatureValueProductMatchesBmmWithContiguousGradients(int b, int t, int m, int e)
+    {
+        // fp64: Fᵀ·V and both gradients as autograd's bmm gives them (the same products, so to the last bits), and the
+        // gradient of the strided value slice comes out contiguous (the point of the function).
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(29);
+        var f = torch.rand(b, t, m, dtype: ScalarType.Float64);
+        var kqv = torch.randn(b, t, 3 * e, dtype: ScalarType.Float64);
+        var g = torch.randn(b, m, e, dtype: ScalarType.Float64);
+
+        var f1 = f.detach().requires_grad_(true);
+        var kqv1 = kqv.detach().requires_grad_(true);
+        var v1 = kqv1.narrow(-1, 2 * e, e);
+        var expected = v1.transpose(1, 2).matmul(f1).transpose(1, 2);
+        var expectedGrads = torch.autograd.grad([expected], [f1, v1], [g]);
+
+        var f2 = f.detach().requires_grad_(true);
+        var kqv2 = kqv.detach().requires_grad_(true);
+        var v2 = kqv2.narrow(-1, 2 * e, e);
+        Assert.False(v2.is_contiguous());
+        var y = TokenPerformer.FeatureValues.Product(f2, v2);
+        Assert.Equal(new long[] { b, m, e }, y.shape);
+        Assert.True((y - expected).abs().max().item<double>() <= 1e-12);
+        var grads = torch.autograd.grad([y], [f2, v2], [g]);
+        for (int i = 0; i < 2; i++)
+        {
+            Assert.True(grads[i].is_contiguous(), $"gradient {i} is not contiguous");
+            double worst = (grads[i] - expectedGrads[i]).abs().max().item<double>();
+            Assert.True(worst <= 1e-12, $"gradient {i} differs by {worst:E3}");
+        }
+
+        using (torch.no_grad())
+        {
+            var plain = TokenPerformer.FeatureValues.Product(f2, v2); // no autograd node
+            Assert.False(plain.requires_grad);
+            Assert.True((plain - expected).abs().max().item<double>() <= 1e-12);
+        }
+    }
+
+    [Fact]
+    public void APerformerGivesTheSameOutputAndGradientsWithTheFeatureValueFunction()
+    {
+        // The whole layer, fp32 and bf16, with the function and with the plain bmm: fp32 within rounding, bf16 exactly
+        // (the same bf16 products, only the gradients' memory layout differs).
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(30);
+        bool was = TokenPerformer.FeatureValuesFunction;
+        try
+        {
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                using var layer = new TokenPerformer(147, 64);
+                layer.eval(); // no dropout draws to differ
+                layer.to(dtype);
+                var x = torch.randn(2, 49, 147).to(dtype);
+                var g = torch.randn(2, 49, 64).to(dtype);
+                (Tensor Y, Tensor Dx, Tensor[] Dp) Run(bool function)
+                {
+                    TokenPerformer.FeatureValuesFunction = function;
+                    layer.zero_grad();
+                    var xi = x.detach().requires_grad_(true);
+                    var y = layer.call(xi);
+                    y.backward([g]);
+                    return (y.detach(), xi.grad!.clone(), Grads(layer));
+                }
+                var plain = Run(false);
+                var fused = Run(true);
+                if (dtype == ScalarType.Float32)
+                {
+                    AssertClose(plain.Y, fused.Y);
+                    AssertClose(plain.Dx, fused.Dx);
+                    for (int i = 0; i < plain.Dp.Length; i++) AssertClose(plain.Dp[i], fused.Dp[i]);
+                }
+                else
+                {
+                    Assert.True(plain.Y.equal(fused.Y).all().item<bool>(), "bf16 outputs differ");
+                    double RelErr(Tensor a, Tensor c) => (a - c).to(ScalarType.Float32).norm().item<float>() / a.to(ScalarType.Float32).norm().item<float>();
+                    // Gradients: the same bf16 products; only the order of the accumulated sums may differ.
+                    Assert.True(RelErr(plain.Dx, fused.Dx) < 1e-2, $"bf16 input gradient relative difference {RelErr(plain.Dx, fused.Dx):E3}");
+                    for (int i = 0; i < plain.Dp.Length; i++)
+                        Assert.True(RelErr(plain.Dp[i], fused.Dp[i]) < 1e-2, $"bf16 parameter gradient {i} relative difference {RelErr(plain.Dp[i], fused.Dp[i]):E3}");
+                }
+            }
+        }
+        finally { TokenPerformer.FeatureValuesFunction = was; }
+    }
+
+    [Theory]
     [InlineData("t2t_vit_7")]    // Performer T2T layers
     [InlineData("t2t_vit_t_14")] // token-transformer T2T layers
     public void AT2tModelGivesTheSameLogitsAndGradientsWithTheFold(string name)
