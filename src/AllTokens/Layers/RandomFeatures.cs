@@ -19,7 +19,8 @@ namespace AllTokens.Layers;
 /// switches back to it for comparisons. Used on CPUs with AVX-512 for fp32/bf16 tokens whose widths are multiples of 16.
 /// Both passes run on libtorch's OpenMP team (<see cref="OpenMpTeam"/>): with .NET's thread pool the kernel got about one
 /// core and lost to the composition (session 10); on the team, forward + backward on t2t_vit_7's [8, 3136, 64] keys
-/// take bf16 6.9–7.4 vs 9.1–10.3 ms, fp32 9.0–9.7 vs 11.1–12.5 ms (BENCHMARKS.md).
+/// take bf16 6.9–7.4 vs 9.1–10.3 ms, fp32 9.0–9.7 vs 11.1–12.5 ms (BENCHMARKS.md). Where the widths are multiples of 32
+/// each product pass covers 32 columns with eight FMA chains (session 12: forward 65 vs 88 ns a bf16 row on one core).
 /// </summary>
 public static class RandomFeatures
 {
@@ -134,17 +135,19 @@ public static class RandomFeatures
     {
         float* zr = stackalloc float[4 * e];
         float* h = stackalloc float[4];
-        float* acc = stackalloc float[4 * 16];
+        float* acc = stackalloc float[4 * 32];
+        int block = BlockOf(m);
         for (long r = from; r < to; r += 4)
         {
             int n = (int)Math.Min(4, to - r);
             LoadRows(src, r, n, e, shift, zr, h);
-            for (int jb = 0; jb < m; jb += 16)
+            for (int jb = 0; jb < m; jb += block)
             {
-                Exponents(zr, e, wt + jb, m, acc);
+                Exponents(zr, e, wt + jb, m, block, acc);
                 float* dst = phi + r * m + jb;
                 for (int k = 0; k < n; k++)
-                    Vector512.Store(ExpF(Vector512.Load(acc + 16 * k) - Vector512.Create(h[k])), dst + k * m);
+                    for (int c = 0; c < block; c += 16)
+                        Vector512.Store(ExpF(Vector512.Load(acc + block * k + c) - Vector512.Create(h[k])), dst + k * m + c);
             }
         }
     }
@@ -156,7 +159,8 @@ public static class RandomFeatures
         float* u = stackalloc float[4 * m];
         float* h = stackalloc float[4];
         float* s = stackalloc float[4];
-        float* acc = stackalloc float[4 * 16];
+        float* acc = stackalloc float[4 * 32];
+        int block = BlockOf(m), inBlock = BlockOf(e);
         for (long r = from; r < to; r += 4)
         {
             int n = (int)Math.Min(4, to - r);
@@ -164,14 +168,15 @@ public static class RandomFeatures
             // Rows past the end (n < 4) get u = 0: their z rows are zero and they are never stored.
             for (int k = n; k < 4; k++) s[k] = 0;
             for (int k = n * m; k < 4 * m; k++) u[k] = 0;
-            for (int jb = 0; jb < m; jb += 16)
+            for (int jb = 0; jb < m; jb += block)
             {
-                Exponents(zr, e, wt + jb, m, acc);
+                Exponents(zr, e, wt + jb, m, block, acc);
                 for (int k = 0; k < n; k++)
-                {
-                    var uk = ExpF(Vector512.Load(acc + 16 * k) - Vector512.Create(h[k])) * Vector512.Load(g + (r + k) * m + jb);
-                    Vector512.Store(uk, u + k * m + jb);
-                }
+                    for (int c = 0; c < block; c += 16)
+                    {
+                        var uk = ExpF(Vector512.Load(acc + block * k + c) - Vector512.Create(h[k])) * Vector512.Load(g + (r + k) * m + jb + c);
+                        Vector512.Store(uk, u + k * m + jb + c);
+                    }
             }
             for (int k = 0; k < n; k++)
             {
@@ -179,10 +184,12 @@ public static class RandomFeatures
                 for (int jb = 0; jb < m; jb += 16) sum += Vector512.Load(u + k * m + jb);
                 s[k] = Vector512.Sum(sum);
             }
-            for (int ib = 0; ib < e; ib += 16)
+            for (int ib = 0; ib < e; ib += inBlock)
             {
-                InputGradients(zr, e, u, m, s, wr + ib, ib, acc);
-                for (int k = 0; k < n; k++) StoreRow(gz, src.Bf16, (r + k) * e + ib, Vector512.Load(acc + 16 * k));
+                InputGradients(zr, e, u, m, s, wr + ib, ib, inBlock, acc);
+                for (int k = 0; k < n; k++)
+                    for (int c = 0; c < inBlock; c += 16)
+                        StoreRow(gz, src.Bf16, (r + k) * e + ib + c, Vector512.Load(acc + inBlock * k + c));
             }
         }
     }
@@ -210,18 +217,25 @@ public static class RandomFeatures
         }
     }
 
-    /// <summary>(W z)[jb..jb+16) of the four rows in zr into acc [4, 16]; <paramref name="wt"/> points at Wᵀ[0, jb].</summary>
-    private static unsafe void Exponents(float* zr, int e, float* wt, int m, float* acc)
+    /// <summary>Output columns a product pass covers: 32 (two vectors, eight FMA chains) where the width allows, else 16.</summary>
+    private static int BlockOf(int width) => width % 32 == 0 ? 32 : 16;
+
+    /// <summary>(W z)[jb..jb+block) of the four rows in zr into acc [4, block]; <paramref name="wt"/> points at Wᵀ[0, jb].</summary>
+    private static unsafe void Exponents(float* zr, int e, float* wt, int m, int block, float* acc)
     {
-        new Span<float>(acc, 64).Clear();
-        AccumulateFourRows(zr, e, wt, m, e, acc);
+        new Span<float>(acc, 4 * block).Clear();
+        if (block == 32) AccumulateFourRowsWide(zr, e, wt, m, e, acc);
+        else AccumulateFourRows(zr, e, wt, m, e, acc);
     }
 
-    /// <summary>∂z[ib..ib+16) = Σⱼ uⱼ W[j, ib..] − s·z of the four rows into acc [4, 16]; <paramref name="w"/> points at W[0, ib].</summary>
-    private static unsafe void InputGradients(float* zr, int e, float* u, int m, float* s, float* w, int ib, float* acc)
+    /// <summary>∂z[ib..ib+block) = Σⱼ uⱼ W[j, ib..] − s·z of the four rows into acc [4, block]; <paramref name="w"/> points at W[0, ib].</summary>
+    private static unsafe void InputGradients(float* zr, int e, float* u, int m, float* s, float* w, int ib, int block, float* acc)
     {
-        for (int k = 0; k < 4; k++) Vector512.Store(-Vector512.Create(s[k]) * Vector512.Load(zr + k * e + ib), acc + 16 * k);
-        AccumulateFourRows(u, m, w, e, m, acc);
+        for (int k = 0; k < 4; k++)
+            for (int c = 0; c < block; c += 16)
+                Vector512.Store(-Vector512.Create(s[k]) * Vector512.Load(zr + k * e + ib + c), acc + block * k + c);
+        if (block == 32) AccumulateFourRowsWide(u, m, w, e, m, acc);
+        else AccumulateFourRows(u, m, w, e, m, acc);
     }
 
     /// <summary>
@@ -244,6 +258,38 @@ public static class RandomFeatures
             c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a3[i]), bv, c3);
         }
         Vector512.Store(c0, acc); Vector512.Store(c1, acc + 16); Vector512.Store(c2, acc + 32); Vector512.Store(c3, acc + 48);
+    }
+
+    /// <summary>
+    /// <see cref="AccumulateFourRows"/> over 32 output columns, acc [4, 32]: eight independent FMA chains instead of four
+    /// (a 512-bit FMA's latency is four of its issue slots on Zen 4, so four chains left no slack), and each broadcast of
+    /// a[k, i] feeds two FMAs.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void AccumulateFourRowsWide(float* a, int lda, float* b, int ldb, int length, float* acc)
+    {
+        var c00 = Vector512.Load(acc); var c01 = Vector512.Load(acc + 16);
+        var c10 = Vector512.Load(acc + 32); var c11 = Vector512.Load(acc + 48);
+        var c20 = Vector512.Load(acc + 64); var c21 = Vector512.Load(acc + 80);
+        var c30 = Vector512.Load(acc + 96); var c31 = Vector512.Load(acc + 112);
+        float* a1 = a + lda, a2 = a + 2 * lda, a3 = a + 3 * lda;
+        for (int i = 0; i < length; i++, b += ldb)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a[i]);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00); c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(a1[i]);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10); c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(a2[i]);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20); c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(a3[i]);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30); c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+        }
+        Vector512.Store(c00, acc); Vector512.Store(c01, acc + 16);
+        Vector512.Store(c10, acc + 32); Vector512.Store(c11, acc + 48);
+        Vector512.Store(c20, acc + 64); Vector512.Store(c21, acc + 80);
+        Vector512.Store(c30, acc + 96); Vector512.Store(c31, acc + 112);
     }
 
     /// <summary>

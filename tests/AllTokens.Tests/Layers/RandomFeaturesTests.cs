@@ -21,16 +21,18 @@ public class RandomFeaturesTests
         ((actual.to(ScalarType.Float64) - reference).abs().max() / reference.abs().max()).item<double>();
 
     [Theory]
-    [InlineData(ScalarType.Float32, 3, 37)]   // 111 rows: a last pass of 3 rows, one part
-    [InlineData(ScalarType.Float32, 2, 700)]  // 1,400 rows: parts on both threads, a short last pass
-    [InlineData(ScalarType.BFloat16, 3, 37)]
-    [InlineData(ScalarType.BFloat16, 2, 700)]
-    public void ForwardAndInputGradientFollowFp64OnAStridedSlice(ScalarType dtype, long b, long t)
+    [InlineData(ScalarType.Float32, 3, 37, 64, 32)]   // 111 rows: a last pass of 3 rows, one part; T2T's widths
+    [InlineData(ScalarType.Float32, 2, 700, 64, 32)]  // 1,400 rows: parts on both threads, a short last pass
+    [InlineData(ScalarType.BFloat16, 3, 37, 64, 32)]
+    [InlineData(ScalarType.BFloat16, 2, 700, 64, 32)]
+    [InlineData(ScalarType.Float32, 2, 41, 48, 16)]   // widths that are no multiple of 32: 16-column passes both ways
+    [InlineData(ScalarType.BFloat16, 2, 41, 64, 48)]  // m = 48 forward in 16-column passes, ∂z in 32-column ones
+    [InlineData(ScalarType.Float32, 2, 41, 32, 32)]
+    public void ForwardAndInputGradientFollowFp64OnAStridedSlice(ScalarType dtype, long b, long t, long e, long m)
     {
         if (!Vector512.IsHardwareAccelerated) return; // the kernel needs AVX-512; elsewhere the Performer keeps the composition
         using var _ = torch.NewDisposeScope();
         torch.manual_seed(3);
-        const long e = 64, m = 32;
         var w = Init.Orthogonal(m, e).mul_(Math.Sqrt(m));
         double shift = 0.5 * Math.Log(m);
         var kqv = (torch.randn(b, t, 3 * e) * 0.4).to(dtype).requires_grad_(true);
