@@ -12,7 +12,8 @@ namespace AllTokens.Layers;
 /// AVX-512 pass over the tokens forward and one backward. libtorch's composition of the same maths (cast, square, row
 /// sum, GEMM, subtraction, exp) wrote four [B, T, e]-sized intermediates forward, and its backward five more plus two
 /// gradient accumulations and a cast, each a pass of its own; here φ is the only tensor written forward, and the
-/// backward writes only ∂z. The backward recomputes φ from z (a few hundred FMAs a token) instead of keeping it.
+/// backward writes only ∂z. The backward reads the forward's φ (kept by autograd as the function's output, 128 bytes a
+/// token; session 12: recomputing it instead cost 128 FMAs and two exponentials a token, fwd + bwd ×1.07–1.17 slower).
 ///
 /// Backward: with u = g ⊙ φ, ∂z = uᵀW − (Σⱼ uⱼ)·z. A bf16 z is widened exactly and its gradient rounded to nearest even,
 /// as a cast would. Same maths as the composition, other summation order (fp32 rounding); <c>ALLTOKENS_PRM=torch</c>
@@ -89,7 +90,7 @@ public static class RandomFeatures
         return phi;
     }
 
-    private static unsafe Tensor Backward(Tensor z, Tensor grad, Weights w)
+    private static unsafe Tensor Backward(Tensor z, Tensor phi, Tensor grad, Weights w)
     {
         long rows = z.shape[0] * z.shape[1];
         var gz = torch.empty(z.shape, dtype: z.dtype);
@@ -98,11 +99,11 @@ public static class RandomFeatures
         using var g = f.contiguous();
         var src = Rows.Of(z);
         fixed (byte* gBytes = g.bytes)
+        fixed (byte* phiBytes = phi.bytes)
         fixed (byte* outBytes = gz.bytes)
-        fixed (float* wt = w.Transposed)
         fixed (float* wr = w.Rows)
         {
-            var job = new Job { Src = src, E = w.E, M = w.M, Shift = w.Shift, Wt = wt, Wr = wr, G = (float*)gBytes, Gz = outBytes };
+            var job = new Job { Src = src, E = w.E, M = w.M, Wr = wr, G = (float*)gBytes, Phi = (float*)phiBytes, Gz = outBytes };
             OpenMpTeam.For(rows, ChunkRows, &BackwardPart, &job);
         }
         return gz;
@@ -128,7 +129,7 @@ public static class RandomFeatures
     private static unsafe void BackwardPart(long from, long to, void* state)
     {
         var j = (Job*)state;
-        BackwardRows(j->Src, j->E, j->M, j->Shift, j->Wt, j->Wr, j->G, j->Gz, from, to);
+        BackwardRows(j->Src, j->E, j->M, j->Wr, j->G, j->Phi, j->Gz, from, to);
     }
 
     private static unsafe void ForwardRows(Rows src, int e, int m, float shift, float* wt, float* phi, long from, long to)
@@ -152,44 +153,39 @@ public static class RandomFeatures
         }
     }
 
-    /// <summary>Rows [from, to) of ∂z = uᵀW − (Σ u)·z with u = g ⊙ φ, φ recomputed from z.</summary>
-    private static unsafe void BackwardRows(Rows src, int e, int m, float shift, float* wt, float* wr, float* g, byte* gz, long from, long to)
+    /// <summary>Rows [from, to) of ∂z = uᵀW − (Σ u)·z with u = g ⊙ φ, φ the forward's (saved).</summary>
+    private static unsafe void BackwardRows(Rows src, int e, int m, float* wr, float* g, float* phi, byte* gz, long from, long to)
     {
         float* zr = stackalloc float[4 * e];
         float* u = stackalloc float[4 * m];
-        float* h = stackalloc float[4];
+        float* h = stackalloc float[4]; // LoadRows' ‖z‖², not needed here
         float* s = stackalloc float[4];
         float* acc = stackalloc float[4 * 32];
-        int block = BlockOf(m), inBlock = BlockOf(e);
+        int block = BlockOf(e);
         for (long r = from; r < to; r += 4)
         {
             int n = (int)Math.Min(4, to - r);
-            LoadRows(src, r, n, e, shift, zr, h);
+            LoadRows(src, r, n, e, 0f, zr, h);
             // Rows past the end (n < 4) get u = 0: their z rows are zero and they are never stored.
             for (int k = n; k < 4; k++) s[k] = 0;
             for (int k = n * m; k < 4 * m; k++) u[k] = 0;
-            for (int jb = 0; jb < m; jb += block)
-            {
-                Exponents(zr, e, wt + jb, m, block, acc);
-                for (int k = 0; k < n; k++)
-                    for (int c = 0; c < block; c += 16)
-                    {
-                        var uk = ExpF(Vector512.Load(acc + block * k + c) - Vector512.Create(h[k])) * Vector512.Load(g + (r + k) * m + jb + c);
-                        Vector512.Store(uk, u + k * m + jb + c);
-                    }
-            }
             for (int k = 0; k < n; k++)
             {
                 var sum = Vector512<float>.Zero;
-                for (int jb = 0; jb < m; jb += 16) sum += Vector512.Load(u + k * m + jb);
+                for (int jb = 0; jb < m; jb += 16)
+                {
+                    var uk = Vector512.Load(phi + (r + k) * m + jb) * Vector512.Load(g + (r + k) * m + jb);
+                    Vector512.Store(uk, u + k * m + jb);
+                    sum += uk;
+                }
                 s[k] = Vector512.Sum(sum);
             }
-            for (int ib = 0; ib < e; ib += inBlock)
+            for (int ib = 0; ib < e; ib += block)
             {
-                InputGradients(zr, e, u, m, s, wr + ib, ib, inBlock, acc);
+                InputGradients(zr, e, u, m, s, wr + ib, ib, block, acc);
                 for (int k = 0; k < n; k++)
-                    for (int c = 0; c < inBlock; c += 16)
-                        StoreRow(gz, src.Bf16, (r + k) * e + ib + c, Vector512.Load(acc + inBlock * k + c));
+                    for (int c = 0; c < block; c += 16)
+                        StoreRow(gz, src.Bf16, (r + k) * e + ib + c, Vector512.Load(acc + block * k + c));
             }
         }
     }
@@ -344,7 +340,7 @@ public static class RandomFeatures
         Vector256.Store(Vector512.Narrow(rounded, Vector512<uint>.Zero).GetLower(), (ushort*)dst + index);
     }
 
-    /// <summary>φ as an autograd function: z saved (a view its producer keeps anyway), φ recomputed backward.</summary>
+    /// <summary>φ as an autograd function: z (a view its producer keeps anyway) and φ saved for the backward.</summary>
     private sealed class Function : torch.autograd.SingleTensorFunction<Function>
     {
         public override string Name => "PositiveRandomFeatures";
@@ -353,16 +349,17 @@ public static class RandomFeatures
         {
             var z = (Tensor)vars[0];
             var w = (Weights)vars[1];
-            ctx.save_for_backward([z]);
+            var phi = Forward(z, w);
+            ctx.save_for_backward([z, phi]);
             ctx.save_data("weights", w);
-            return Forward(z, w);
+            return phi;
         }
 
         public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor gradOutput)
         {
-            var z = ctx.get_saved_variables()[0];
+            var saved = ctx.get_saved_variables();
             var w = (Weights)ctx.get_data("weights");
-            return [Backward(z, gradOutput, w), null!];
+            return [Backward(saved[0], saved[1], gradOutput, w), null!];
         }
     }
 }
