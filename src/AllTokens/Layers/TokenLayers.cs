@@ -98,7 +98,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     /// backward writes both gradients contiguous: ∂F = V·Gᵀ [B, T, m] and ∂V = F·G [B, T, e]. As a plain bmm one operand
     /// is a transposed view, and bmm's backward hands it a transposed gradient; for V that gradient then met the
     /// residual's in autograd's accumulation, an add that cannot vectorise across the transposed layout (in bf16 a
-    /// scalar conversion per element; Performer 1 forward + backward, batch 8: bf16 ×1.06–1.11, fp32 ×1.01–1.03).
+    /// scalar conversion per element; Performer 1 forward + backward, batch 8: bf16 ×1.04–1.08, fp32 ×0.99–1.01).
     /// </summary>
     internal sealed class FeatureValues : torch.autograd.SingleTensorFunction<FeatureValues>
     {
