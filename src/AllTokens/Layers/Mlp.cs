@@ -27,7 +27,16 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
-        var h = drop.call(act.call(Dense.Forward(fc1, x)));
-        return scope.MoveToOuter(drop.call(Dense.Forward(fc2, h)));
+        return scope.MoveToOuter(Rest(Dense.Forward(fc1, x)));
     }
+
+    /// <summary>The MLP of <c>norm(x)</c>, fc1 through Layers/NormLinear (the norm folded into fc1 where it pays).</summary>
+    internal Tensor ForwardNormalized(LayerNorm norm, Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        return scope.MoveToOuter(Rest(NormLinear.Forward(norm, fc1, x)));
+    }
+
+    /// <summary>GELU, dropout, fc2 and dropout after fc1's output.</summary>
+    private Tensor Rest(Tensor h) => drop.call(Dense.Forward(fc2, drop.call(act.call(h))));
 }

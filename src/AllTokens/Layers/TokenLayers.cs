@@ -90,7 +90,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var y = qpn.to(productType).matmul(kpv).to(v.dtype);                                                           // [B, T, e]
         y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
-        return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(Dense.Forward(fc1, norm2.call(y)))))));
+        return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(NormLinear.Forward(norm2, fc1, y))))));
     }
 
     /// <summary>
@@ -198,7 +198,7 @@ public sealed class TokenTransformer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope();
         x = attn.ForwardNormalized(norm1, x); // attn(norm1(x)), Layers/NormLinear's fold where it pays
-        return scope.MoveToOuter(Held.Add(x, drop_path.call(mlp.call(norm2.call(x)))));
+        return scope.MoveToOuter(Held.Add(x, drop_path.call(mlp.ForwardNormalized(norm2, x))));
     }
 }
 

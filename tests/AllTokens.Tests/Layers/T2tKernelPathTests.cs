@@ -103,6 +103,80 @@ public class T2tKernelPathTests
             Assert.True(RelErr(plain[i], folded[i]) < 0.05, $"gradient {i}: relative error {RelErr(plain[i], folded[i]):E3}");
     }
 
+    [Fact]
+    public void Bf16FoldWithAnInputGradientFollowsTheFp32PairWithinBf16Rounding()
+    {
+        // Later T2T layers in bf16 training: x needs a gradient, x̂ keeps its autograd and the affine moves into the
+        // linear. Output, the input's gradient and every parameter's gradient must stay within bf16 rounding of fp32.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(31);
+        var norm = Norm(576);
+        var lin = nn.Linear(576, 192);
+        var x = torch.randn(2, 49, 576) * 2 + 0.5;
+        var x32 = x.detach().requires_grad_(true);
+        var expected = lin.call(norm.call(x32));
+        var g = torch.randn(expected.shape);
+        expected.backward([g]);
+        var plain = Grads(norm, lin);
+        norm.to(ScalarType.BFloat16);
+        lin.to(ScalarType.BFloat16);
+        norm.zero_grad();
+        lin.zero_grad();
+        var x16 = x.to(ScalarType.BFloat16).detach().requires_grad_(true);
+        Assert.True(NormLinear.FoldsWithInputGradient(norm, x16));
+        Assert.False(NormLinear.Folds(norm, x16));
+        var y = NormLinear.Forward(norm, lin, x16);
+        Assert.Equal(ScalarType.BFloat16, y.dtype);
+        y.backward([g.to(ScalarType.BFloat16)]);
+        var folded = Grads(norm, lin);
+        static double RelErr(Tensor a, Tensor b) => (a - b.to(ScalarType.Float32)).norm().item<float>() / a.norm().item<float>();
+        Assert.True(RelErr(expected, y) < 0.02, $"output relative error {RelErr(expected, y):E3}");
+        Assert.True(RelErr(x32.grad!, x16.grad!) < 0.05, $"input gradient relative error {RelErr(x32.grad!, x16.grad!):E3}");
+        Assert.Equal(4, folded.Length); // γ, β, W, b
+        for (int i = 0; i < plain.Length; i++)
+            Assert.True(RelErr(plain[i], folded[i]) < 0.05, $"gradient {i}: relative error {RelErr(plain[i], folded[i]):E3}");
+    }
+
+    [Fact]
+    public void TheFoldWithAnInputGradientIsBf16TrainingOnly()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(32);
+        var norm = Norm(16);
+        var lin = nn.Linear(16, 8);
+        var x = torch.randn(3, 70, 16).requires_grad_(true);
+        Assert.False(NormLinear.FoldsWithInputGradient(norm, x)); // fp32: libtorch's LayerNorm gains nothing without affine
+        // fp32 with a gradient: the plain pair, bit for bit.
+        Assert.Equal(0.0, (NormLinear.Forward(norm, lin, x) - Dense.Forward(lin, norm.call(x))).abs().max().item<float>());
+        norm.to(ScalarType.BFloat16);
+        lin.to(ScalarType.BFloat16);
+        var x16 = x.detach().to(ScalarType.BFloat16).requires_grad_(true);
+        Assert.True(NormLinear.FoldsWithInputGradient(norm, x16));
+        Assert.False(NormLinear.FoldsWithInputGradient(norm, x16.detach())); // no input gradient: the other fold's case
+        using (torch.no_grad()) Assert.False(NormLinear.FoldsWithInputGradient(norm, x16)); // inference
+        norm.weight!.requires_grad_(false);
+        Assert.False(NormLinear.FoldsWithInputGradient(norm, x16)); // a frozen LayerNorm
+    }
+
+    [Fact]
+    public void AnMlpGivesTheSameOutputWithItsNormPassedIn()
+    {
+        // Mlp.ForwardNormalized (the token transformer's MLP) is mlp(norm(x)): fp32 exactly, bf16 within rounding.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(33);
+        var norm = Norm(64);
+        var mlp = new Mlp(64, 64);
+        mlp.eval();
+        var x = torch.randn(2, 49, 64).requires_grad_(true);
+        Assert.True(mlp.call(norm.call(x)).equal(mlp.ForwardNormalized(norm, x)).all().item<bool>());
+        var expected = mlp.call(norm.call(x));
+        norm.to(ScalarType.BFloat16);
+        mlp.to(ScalarType.BFloat16);
+        var y = mlp.ForwardNormalized(norm, x.detach().to(ScalarType.BFloat16).requires_grad_(true));
+        double err = (expected - y.to(ScalarType.Float32)).norm().item<float>() / expected.norm().item<float>();
+        Assert.True(err < 0.03, $"bf16 relative error {err:E3}");
+    }
+
     [Theory]
     [InlineData(2, 7, 5, 9, true)]    // odd grid 7×7 → 4×4
     [InlineData(2, 8, 64, 32, true)]  // T2T's 64 channels, 8×8 → 4×4
