@@ -26,11 +26,95 @@ public static class SoftSplit
     public static Tensor FromImage(Tensor image, int kernel, int stride, int padding)
     {
         if (image.dim() != 4) throw new ArgumentException($"soft split needs a [B, C, H, W] image, got {image.dim()}-D");
+        if (kernel < 1 || stride < 1 || padding < 0) throw new ArgumentException($"soft split: kernel {kernel}, stride {stride}, padding {padding}");
+        if (image.shape[2] + 2 * padding < kernel || image.shape[3] + 2 * padding < kernel)
+            throw new ArgumentException($"a {kernel}×{kernel} window does not fit a {image.shape[2]}×{image.shape[3]} image padded by {padding}");
+        if (ImageWindowsApply(image)) return ImageWindows(image, kernel, stride, padding);
         long b = image.shape[0], c = image.shape[1];
         var padded = padding == 0 ? image : nn.functional.pad(image, [padding, padding, padding, padding]);
         var windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride); // [B, C, oh, ow, k, k]
         long oh = windows.shape[2], ow = windows.shape[3];
         return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, oh * ow, c * kernel * kernel);
+    }
+
+    /// <summary>
+    /// The image's windows copied by our own loop (on libtorch's OpenMP team) where no gradient is needed — the model's
+    /// input in training and inference: one pass writing each token's C·k² values in order, each window row of k pixels
+    /// one block copy (zeros where it reaches into the padding). libtorch's route (pad, two unfolds, a permuted copy) took
+    /// 2.9 ms in fp32 and 3.8 ms in bf16 for t2t_vit_7's first split at batch 8 (BENCHMARKS.md). The same values, bit for
+    /// bit. <c>ALLTOKENS_SOFT_SPLIT=unfold</c> turns it off with the other strided splits.
+    /// </summary>
+    private static bool ImageWindowsApply(Tensor image) =>
+        WindowCopy && image.device_type == DeviceType.CPU && image.is_contiguous()
+        && image.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16
+        && !(image.requires_grad && torch.is_grad_enabled());
+
+    /// <summary>The image windows' own copy loop (<see cref="ImageWindowsApply"/>); tests and comparisons.</summary>
+    internal static bool WindowCopy { get; set; } = true;
+
+    private unsafe struct WindowJob
+    {
+        public byte* Image, Out;
+        public int Size, Channels, Height, Width, Kernel, Stride, Padding, OutHeight, OutWidth;
+    }
+
+    private static unsafe Tensor ImageWindows(Tensor image, int kernel, int stride, int padding)
+    {
+        int c = (int)image.shape[1], h = (int)image.shape[2], w = (int)image.shape[3];
+        int oh = (h + 2 * padding - kernel) / stride + 1, ow = (w + 2 * padding - kernel) / stride + 1;
+        long b = image.shape[0];
+        var tokens = torch.empty([b, (long)oh * ow, (long)c * kernel * kernel], dtype: image.dtype);
+        if (tokens.numel() == 0) return tokens;
+        fixed (byte* src = image.bytes)
+        fixed (byte* dst = tokens.bytes)
+        {
+            var job = new WindowJob
+            {
+                Image = src, Out = dst, Size = (int)image.element_size(), Channels = c, Height = h, Width = w,
+                Kernel = kernel, Stride = stride, Padding = padding, OutHeight = oh, OutWidth = ow,
+            };
+            OpenMpTeam.For(b * oh * ow, 64, &WindowRows, &job);
+        }
+        return tokens;
+    }
+
+    /// <summary>Tokens [from, to) of <see cref="ImageWindows"/>: token r is window (r mod L) of image r / L.</summary>
+    private static unsafe void WindowRows(long from, long to, void* state)
+    {
+        var j = (WindowJob*)state;
+        int size = j->Size, c = j->Channels, h = j->Height, w = j->Width, k = j->Kernel, s = j->Stride, p = j->Padding;
+        long windows = (long)j->OutHeight * j->OutWidth, plane = (long)h * w, rowBytes = (long)k * size;
+        for (long r = from; r < to; r++)
+        {
+            long bi = r / windows, wi = r % windows;
+            int y0 = (int)(wi / j->OutWidth) * s - p, x0 = (int)(wi % j->OutWidth) * s - p;
+            byte* dst = j->Out + r * c * k * rowBytes;
+            byte* image = j->Image + bi * c * plane * size;
+            bool inside = x0 >= 0 && x0 + k <= w;
+            for (int ci = 0; ci < c; ci++)
+                for (int i = 0; i < k; i++, dst += rowBytes)
+                {
+                    int y = y0 + i;
+                    if (y < 0 || y >= h)
+                    {
+                        new Span<byte>(dst, (int)rowBytes).Clear();
+                        continue;
+                    }
+                    byte* row = image + (ci * plane + (long)y * w) * size;
+                    if (inside)
+                    {
+                        Buffer.MemoryCopy(row + (long)x0 * size, dst, rowBytes, rowBytes);
+                        continue;
+                    }
+                    for (int jx = 0; jx < k; jx++)
+                    {
+                        int x = x0 + jx;
+                        var cell = new Span<byte>(dst + (long)jx * size, size);
+                        if (x < 0 || x >= w) cell.Clear();
+                        else new ReadOnlySpan<byte>(row + (long)x * size, size).CopyTo(cell);
+                    }
+                }
+        }
     }
 
     /// <summary>

@@ -54,6 +54,8 @@ public class KernelPathTests
     [InlineData(2, 3, 32, 32, 7, 4, 2)]   // T2T's first soft split at 32 px
     [InlineData(1, 5, 20, 13, 3, 2, 1)]   // non-square, odd sizes
     [InlineData(2, 4, 9, 9, 3, 3, 0)]     // no padding, stride = kernel
+    [InlineData(1, 2, 10, 7, 3, 4, 2)]    // stride > kernel, windows reaching well into the padding
+    [InlineData(2, 3, 5, 5, 5, 1, 2)]     // windows as wide as the image, every one touching the padding
     public void StridedSoftSplitEqualsUnfoldThenTranspose(int b, int c, int h, int w, int k, int s, int p)
     {
         using var _ = torch.NewDisposeScope();
@@ -73,8 +75,16 @@ public class KernelPathTests
         t2.backward([g]);
         AssertClose(x1.grad!, x2.grad!, rtol: 1e-6, atol: 1e-6);  // overlapping windows sum in another order
 
+        // No gradient needed (the model's input): the window-copy kernel, bit for bit in fp32 and bf16, also on a
+        // contiguous view that starts inside its storage (the batch's second half).
+        var plain = SoftSplit.FromImage(image, k, s, p);
+        Assert.False(plain.requires_grad);
+        Assert.True(t1.detach().equal(plain).all().item<bool>(), "fp32 windows differ from nn.Unfold's columns");
         var bf = SoftSplit.FromImage(image.to(ScalarType.BFloat16), k, s, p);
-        Assert.Equal(0.0, (unfold.call(image.to(ScalarType.BFloat16)).transpose(1, 2) - bf).abs().max().to(ScalarType.Float32).item<float>());
+        Assert.True(unfold.call(image.to(ScalarType.BFloat16)).transpose(1, 2).equal(bf).all().item<bool>(), "bf16 windows differ");
+        var tail = torch.cat([image, image * 2], 0).narrow(0, b, b);
+        Assert.True(tail.is_contiguous() && tail.storage_offset() > 0);
+        Assert.True(unfold.call(image * 2).transpose(1, 2).equal(SoftSplit.FromImage(tail, k, s, p)).all().item<bool>(), "offset view");
     }
 
     [Fact]
