@@ -49,10 +49,8 @@ public static class NormLinear
         using var scope = torch.NewDisposeScope();
         var gamma = norm.weight!;
         Tensor xhat;
-        if (withGradient) xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, norm.eps);
-        else
-            using (torch.no_grad())
-                xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, norm.eps);
+        using (withGradient ? null : torch.no_grad()) // x̂ keeps its autograd only where x needs a gradient
+            xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, norm.eps);
         var w = linear.weight! * gamma;                                // W·diag γ, [C, K]
         var b = linear.weight!.matmul(norm.bias!);                     // W·β, [C]
         if (linear.bias is { } bias) b = Held.Add(b, bias);

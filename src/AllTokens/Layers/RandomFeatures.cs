@@ -64,8 +64,6 @@ public static class RandomFeatures
     {
         public readonly bool Bf16 = bf16;
 
-        public byte* this[long row] => At(row / t, row % t);
-
         /// <summary>Row (batch, token): a caller walking consecutive rows steps the pair instead of dividing per row.</summary>
         public byte* At(long batch, long token) => data + (batch * batchStride + token * tokenStride) * (Bf16 ? 2 : 4);
 

@@ -22,11 +22,16 @@ public static class SoftSplit
     public static bool Strided { get; set; } = SpeedSwitch.On("ALLTOKENS_SOFT_SPLIT", "unfold");
     public static bool ProjectAsConvolution { get; set; } = SpeedSwitch.On("ALLTOKENS_T2T_PROJECT", "linear");
 
+    private static void CheckWindow(int kernel, int stride, int padding)
+    {
+        if (kernel < 1 || stride < 1 || padding < 0) throw new ArgumentException($"soft split: kernel {kernel}, stride {stride}, padding {padding}");
+    }
+
     /// <summary>Image [B, C, H, W] → tokens [B, L, C·k²], L = output rows × output columns.</summary>
     public static Tensor FromImage(Tensor image, int kernel, int stride, int padding)
     {
         if (image.dim() != 4) throw new ArgumentException($"soft split needs a [B, C, H, W] image, got {image.dim()}-D");
-        if (kernel < 1 || stride < 1 || padding < 0) throw new ArgumentException($"soft split: kernel {kernel}, stride {stride}, padding {padding}");
+        CheckWindow(kernel, stride, padding);
         if (image.shape[2] + 2 * padding < kernel || image.shape[3] + 2 * padding < kernel)
             throw new ArgumentException($"a {kernel}×{kernel} window does not fit a {image.shape[2]}×{image.shape[3]} image padded by {padding}");
         if (ImageWindowsApply(image)) return ImageWindows(image, kernel, stride, padding);
@@ -145,7 +150,7 @@ public static class SoftSplit
         public static TokenGrid Of(Tensor tokens, int kernel, int stride, int padding)
         {
             if (tokens.dim() != 3) throw new ArgumentException($"soft split of tokens needs [B, N, C], got {tokens.dim()}-D");
-            if (kernel < 1 || stride < 1 || padding < 0) throw new ArgumentException($"soft split: kernel {kernel}, stride {stride}, padding {padding}");
+            CheckWindow(kernel, stride, padding);
             long b = tokens.shape[0], n = tokens.shape[1], c = tokens.shape[2];
             long side = (long)Math.Round(Math.Sqrt(n));
             if (side * side != n) throw new ArgumentException($"{n} tokens do not form a square grid");
