@@ -215,7 +215,7 @@ public static class RandomFeatures
                 if (++token == t) { token = 0; batch++; }
                 for (int i = 0; i < e; i += 16)
                 {
-                    var v = src.Bf16 ? WidenBf16((ushort*)row + i) : Vector512.Load((float*)row + i);
+                    var v = src.Bf16 ? Bf16Vector.Load((ushort*)row + i) : Vector512.Load((float*)row + i);
                     Vector512.Store(v, dst + i);
                     sq = Vector512.FusedMultiplyAdd(v, v, sq);
                 }
@@ -329,14 +329,6 @@ public static class RandomFeatures
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), y, x); // NaN in, NaN out
     }
 
-    /// <summary>16 bf16 values (their bit patterns) widened exactly to fp32.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe Vector512<float> WidenBf16(ushort* p)
-    {
-        var v = Vector256.Load(p);
-        return Vector512.ShiftLeft(Vector512.Create(Vector256.WidenLower(v), Vector256.WidenUpper(v)), 16).AsSingle();
-    }
-
     /// <summary>16 fp32 values stored at element <paramref name="index"/> of an fp32 or bf16 (round to nearest even) tensor.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void StoreRow(byte* dst, bool bf16, long index, Vector512<float> v)
@@ -346,11 +338,7 @@ public static class RandomFeatures
             Vector512.Store(v, (float*)dst + index);
             return;
         }
-        // c10::BFloat16's rounding: add 0x7FFF plus the kept part's lowest bit, keep the top half; NaN → 0x7FC0.
-        var bits = v.AsUInt32();
-        var rounded = Vector512.ShiftRightLogical(bits + Vector512.Create(0x7FFFu) + (Vector512.ShiftRightLogical(bits, 16) & Vector512<uint>.One), 16);
-        rounded = Vector512.ConditionalSelect(Vector512.Equals(v, v).AsUInt32(), rounded, Vector512.Create(0x7FC0u));
-        Vector256.Store(Vector512.Narrow(rounded, Vector512<uint>.Zero).GetLower(), (ushort*)dst + index);
+        Bf16Vector.Store(v, (ushort*)dst + index);
     }
 
     /// <summary>φ as an autograd function: z (a view its producer keeps anyway) and φ saved for the backward.</summary>

@@ -44,10 +44,18 @@ public abstract class Optimizer : IDisposable
         }
     }
 
-    /// <summary>One group's update (its parameters that have a gradient, steps already counted); by default parameter by parameter.</summary>
+    /// <summary>
+    /// One group's update (its parameters that have a gradient, steps already counted); by default parameter by
+    /// parameter, each gradient in its parameter's precision, each shadow refreshed after its update.
+    /// </summary>
     protected virtual void UpdateGroup(OptimGroup group, List<OptimParam> ready)
     {
-        foreach (var p in ready) Update(group, p, p.Grad!, SlotsOf(p.Name));
+        foreach (var p in ready)
+        {
+            var grad = p.Grad!.dtype == p.Value.dtype ? p.Grad : p.Grad.to(p.Value.dtype);
+            Update(group, p, grad, SlotsOf(p.Name));
+            p.Shadow?.copy_(p.Value);
+        }
     }
 
     /// <summary>A parameter's state (created empty on first use).</summary>
@@ -131,12 +139,17 @@ public abstract class Optimizer : IDisposable
 /// one behind torch.optim.AdamW(fused=True), reached through TorchScript since TorchSharp does not bind it): one pass
 /// over all parameters instead of ~8 small ops per tensor (lvvit_t: 6.3 vs 17.1 ms a step on 2 cores); same formula,
 /// other float rounding. <c>ALLTOKENS_OPTIMIZER=plain</c> (or <see cref="UseFused"/> = false, or <c>fused: false</c>) keeps
-/// the per-parameter path.
+/// the per-parameter path. A bf16 model's step (bf16 gradients, fp32 masters, bf16 shadows) on the CPU takes our own
+/// one-pass kernel instead (<see cref="MixedAdamW"/>; <c>ALLTOKENS_MIXED_ADAMW=off</c> or <see cref="UseMixed"/> = false
+/// turns it off: gradients cast, the fused kernel, shadows copied).
 /// </summary>
 public sealed class AdamW(IReadOnlyList<OptimGroup> groups, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, bool? fused = null)
     : Optimizer(groups)
 {
     public static bool UseFused { get; set; } = Layers.SpeedSwitch.On("ALLTOKENS_OPTIMIZER", "plain");
+
+    /// <summary>bf16 steps through <see cref="MixedAdamW"/> (when <see cref="UseFused"/> or the constructor's fused allow a fused update).</summary>
+    public static bool UseMixed { get; set; } = Layers.SpeedSwitch.On("ALLTOKENS_MIXED_ADAMW", "off");
 
     // torch.optim hands the kernel per-parameter step counts as float tensors, already incremented for this step.
     private const string FusedScript = @"
@@ -164,9 +177,19 @@ def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp
     /// <summary>Group updates done by the fused kernel so far (tests check the path is taken).</summary>
     internal int FusedUpdates { get; private set; }
 
+    /// <summary>Group updates done by <see cref="MixedAdamW"/> so far.</summary>
+    internal int MixedUpdates { get; private set; }
+
     protected override void UpdateGroup(OptimGroup group, List<OptimParam> ready)
     {
-        if (!(fused ?? UseFused) || !FusedApplies(ready) || Fused.Value is not { } unit)
+        bool anyFused = fused ?? UseFused;
+        if (anyFused && UseMixed && MixedAdamW.Applies(ready))
+        {
+            MixedAdamW.Step(ready, p => Moments(p, Slots(p)), group.Lr, group.WeightDecay, beta1, beta2, eps);
+            MixedUpdates++;
+            return;
+        }
+        if (!anyFused || !FusedApplies(ready) || Fused.Value is not { } unit)
         {
             base.UpdateGroup(group, ready);
             return;
@@ -182,7 +205,7 @@ def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp
             var p = ready[i];
             (m[i], v[i]) = Moments(p, Slots(p));
             values[i] = p.Value;
-            grads[i] = p.Grad!;
+            grads[i] = p.Grad!.dtype == ScalarType.Float32 ? p.Grad : p.Grad.to(ScalarType.Float32); // a bf16 model's (Step's scope frees it)
             if (!stepTensors.TryGetValue(p.Name, out var st))
                 stepTensors[p.Name] = st = Keep(torch.zeros(1, ScalarType.Float32, p.Value.device));
             using Scalar count = ((double)p.Steps).ToScalar(); // held for the call (see Layers.Held)
@@ -192,10 +215,11 @@ def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp
         // Held scalars: TorchSharp would turn doubles into temporary ones here (see Layers.Held).
         using Scalar lr = group.Lr.ToScalar(), b1 = beta1.ToScalar(), b2 = beta2.ToScalar(), wd = group.WeightDecay.ToScalar(), e = eps.ToScalar();
         unit.invoke("adamw", values, grads, m, v, steps, lr, b1, b2, wd, e);
+        foreach (var p in ready) p.Shadow?.copy_(p.Value);
         FusedUpdates++;
     }
 
-    /// <summary>fp32, contiguous, one CPU or CUDA device, gradients alike: what the fused kernel takes.</summary>
+    /// <summary>fp32 contiguous parameters, contiguous gradients of a float type (cast to fp32), one CPU or CUDA device: what the fused kernel takes.</summary>
     private static bool FusedApplies(List<OptimParam> ready)
     {
         var first = ready[0].Value;
@@ -203,7 +227,7 @@ def adamw(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp
         foreach (var p in ready)
         {
             var g = p.Grad!;
-            if (p.Value.dtype != ScalarType.Float32 || g.dtype != ScalarType.Float32) return false;
+            if (p.Value.dtype != ScalarType.Float32 || !g.is_floating_point()) return false;
             if (p.Value.device_type != first.device_type || p.Value.device_index != first.device_index) return false;
             if (g.device_type != first.device_type || g.device_index != first.device_index) return false;
             if (!p.Value.is_contiguous() || !g.is_contiguous()) return false;

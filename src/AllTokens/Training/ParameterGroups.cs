@@ -11,8 +11,28 @@ public sealed class OptimParam(string name, Tensor value)
     public string Name { get; } = name;
     public Tensor Value { get; } = value;
 
-    /// <summary>Gradient for the coming step (fp32, same shape), set by the trainer; null skips the parameter (torch semantics).</summary>
+    /// <summary>
+    /// Gradient for the coming step (same shape), set by the trainer; null skips the parameter (torch semantics). In bf16
+    /// mode it may be the model's bf16 gradient: the optimizers compute in <see cref="Value"/>'s precision either way.
+    /// </summary>
     public Tensor? Grad { get; set; }
+
+    /// <summary>
+    /// The model's own lower-precision copy of <see cref="Value"/> in bf16 mode (the bf16 parameter of an fp32 master):
+    /// every update ends by writing the new value into it, rounded. Null when the optimizer updates the parameter itself.
+    /// </summary>
+    public Tensor? Shadow
+    {
+        get => shadow;
+        init
+        {
+            if (value is not null && !value.shape.SequenceEqual(Value.shape))
+                throw new ArgumentException($"{Name}: shadow has shape [{string.Join(",", value.shape)}], parameter [{string.Join(",", Value.shape)}]");
+            shadow = value;
+        }
+    }
+
+    private readonly Tensor? shadow;
 
     /// <summary>Steps this parameter has taken (torch keeps <c>state['step']</c> per parameter).</summary>
     public long Steps { get; set; }

@@ -9,7 +9,7 @@ namespace AllTokens.Training;
 /// <summary>One part of a train step: a top-level module (each block on its own) or the optimizer.</summary>
 /// <param name="Input">Shape of the part's input, as captured from a forward of the whole model; empty for the optimizer.</param>
 /// <param name="MedianSeconds">Forward + backward of the part alone (the optimizer: one AdamW update of every parameter; for a
-/// bf16 model with the gradients' conversion to fp32 and the copy of the fp32 masters back, as a bf16 step does).</param>
+/// bf16 model on its fp32 masters from bf16 gradients, writing the bf16 parameters back, as a bf16 step does).</param>
 public sealed record StepPart(string Name, long[] Input, double MedianSeconds);
 
 /// <summary>
@@ -52,18 +52,16 @@ public static class StepBreakdown
             // A bf16 model steps fp32 masters, as bench's and the trainer's bf16 steps do (TrainBenchmark.Run).
             bool mixed = dtype != ScalarType.Float32;
             var masters = mixed ? TrainBenchmark.Fp32Masters(trainable) : trainable.Cast<Tensor>().ToList();
-            var group = new OptimGroup("all", masters.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+            var group = new OptimGroup("all", masters.Select((p, i) => new OptimParam(i.ToString(System.Globalization.CultureInfo.InvariantCulture), p)
+                { Shadow = mixed ? trainable[i] : null }).ToList(), 0.05, 1.0) { Lr = 1e-4 };
             using var opt = new AdamW([group]);
             using Scalar small = 1e-3.ToScalar(); // held for the calls (see Layers.Held)
             var fakeGrads = trainable.Select(p => { var g = torch.randn_like(p).mul_(small); g.DetachFromDisposeScope(); return g; }).ToList();
             runs.Add(("optimizer step", [], () =>
             {
                 using var stepScope = torch.NewDisposeScope();
-                for (int i = 0; i < trainable.Count; i++) group.Params[i].Grad = mixed ? fakeGrads[i].to(ScalarType.Float32) : fakeGrads[i];
+                for (int i = 0; i < trainable.Count; i++) group.Params[i].Grad = fakeGrads[i]; // bf16 ones in a bf16 model, as in its step
                 opt.Step();
-                if (mixed)
-                    using (torch.no_grad())
-                        for (int i = 0; i < trainable.Count; i++) trainable[i].copy_(masters[i]);
             }));
             var times = runs.Select(_ => new List<double>()).ToList();
             try

@@ -91,7 +91,8 @@ public static class TrainBenchmark
         var masters = bf16 ? Fp32Masters(trainable.Select(p => (Tensor)p.parameter)) : [];
         if (bf16) model.to(dtype); // masters are taken before the cast, so they keep full fp32 precision
         var live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
-        var group = new OptimGroup("all", trainable.Select((p, i) => new OptimParam(p.name, bf16 ? masters[i] : live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+        // bf16: the optimizer steps the fp32 masters and writes them back, rounded, into the model (OptimParam.Shadow), as the trainer does.
+        var group = new OptimGroup("all", trainable.Select((p, i) => bf16 ? new OptimParam(p.name, masters[i]) { Shadow = live[i] } : new OptimParam(p.name, live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
         using var opt = new AdamW([group]);
         var gen = new Rng(0);
         int classes = Math.Max(1, model.NumClasses);
@@ -112,16 +113,9 @@ public static class TrainBenchmark
                 var sw = Stopwatch.StartNew();
                 var output = task.Step(b);
                 output.Loss.backward();
-                for (int i = 0; i < group.Params.Count; i++)
-                {
-                    var g = live[i].grad;
-                    group.Params[i].Grad = g is null ? null : g.to(ScalarType.Float32);
-                }
+                for (int i = 0; i < group.Params.Count; i++) group.Params[i].Grad = live[i].grad; // bf16 ones too (the trainer's way)
                 opt.Step();
                 model.zero_grad();
-                if (bf16)
-                    using (torch.no_grad())
-                        for (int i = 0; i < live.Count; i++) live[i].copy_(masters[i]);
                 _ = output.Loss.item<float>();
                 if (timed) trainTimes.Add(sw.Elapsed.TotalSeconds);
                 else trainWarmup.StepRan();

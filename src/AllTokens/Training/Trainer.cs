@@ -134,10 +134,15 @@ public sealed class Trainer : IDisposable
 
         var trainable = entries.Where(e => e.IsParameter && e.ModelTensor.requires_grad).ToList();
         // Grouping is decided on the model's parameters; the groups then hold the tensors the optimizer updates (masters in bf16 mode).
-        var canonical = trainable.ToDictionary(e => e.Name, e => e.Canonical, StringComparer.Ordinal);
+        // In bf16 mode each update also writes the new master, rounded, into the model's parameter (its shadow).
+        var byName = trainable.ToDictionary(e => e.Name, StringComparer.Ordinal);
         var groups = ParameterGroups.Build(model, trainable.Select(e => KeyValuePair.Create(e.Name, e.ModelTensor)).ToList(),
                 new GroupOptions(config.WeightDecay, config.TransferRatio, config.Freeze, config.FilterBiasAndBn))
-            .Select(g => new OptimGroup(g.Name, g.Params.Select(p => new OptimParam(p.Name, canonical[p.Name])).ToList(), g.WeightDecay, g.LrScale)).ToList();
+            .Select(g => new OptimGroup(g.Name, g.Params.Select(p =>
+            {
+                var e = byName[p.Name];
+                return new OptimParam(p.Name, e.Canonical) { Shadow = e.Master is null ? null : e.ModelTensor };
+            }).ToList(), g.WeightDecay, g.LrScale)).ToList();
         optimizer = config.Opt == "sgd"
             ? new Sgd(groups, config.Momentum, config.Nesterov)
             : new AdamW(groups, config.OptBetas[0], config.OptBetas[1], config.OptEps);
@@ -390,17 +395,15 @@ public sealed class Trainer : IDisposable
         foreach (var p in optimizer.Params)
         {
             var g = byName[p.Name].ModelTensor.grad;
-            p.Grad = g is null ? null : g.dtype == ScalarType.Float32 ? g : g.to(ScalarType.Float32);
+            // bf16 gradients go to the optimizer as they are (it computes in fp32 and refreshes the bf16 parameters, see
+            // OptimParam.Shadow); clipping scales fp32 copies, so its norm is summed in fp32 as before.
+            p.Grad = g is null ? null : g.dtype == ScalarType.Float32 || config.ClipGrad is null ? g : g.to(ScalarType.Float32);
             if (p.Grad is not null) grads.Add(p.Grad);
         }
         if (config.ClipGrad is { } clip) GradClip.ClipGlobalNorm(grads, clip);
         optimizer.Step();
         foreach (var p in optimizer.Params) p.Grad = null;
         model.zero_grad();
-        if (config.Bf16)
-            using (torch.no_grad())
-                foreach (var e in entries)
-                    if (e.Master is not null) e.ModelTensor.copy_(e.Master);
         ema?.Update(CanonicalState());
     }
 

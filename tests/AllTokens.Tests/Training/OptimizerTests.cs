@@ -157,6 +157,133 @@ public sealed class OptimizerTests
             Assert.True((a.Value - b.Value).abs().max().item<float>() <= 1e-6f * Math.Max(1f, b.Value.abs().max().item<float>()), a.Key);
     }
 
+    /// <summary>
+    /// A bf16 model's optimizer: fp32 masters, each with the model's bf16 parameter as its shadow. Sizes cover the
+    /// kernel's 16-wide loop and its tail, more elements than one thread's share, a parameter without elements.
+    /// </summary>
+    /// <summary>Same shape and the same values, element for element (no NaN here).</summary>
+    private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && (a.numel() == 0 || a.eq(b).all().item<bool>());
+
+    /// <summary>Largest |value| (0 for an empty tensor).</summary>
+    private static float MaxAbs(Tensor t) => t.numel() == 0 ? 0f : t.abs().max().to(ScalarType.Float32).item<float>();
+
+    private static (AdamW Opt, List<Tensor> Masters, List<Tensor> Shadows) MixedOptimizer(long[][] shapes, bool? fused = null)
+    {
+        var masters = shapes.Select(s => torch.randn(s)).ToList();
+        var shadows = masters.Select(m => m.to(ScalarType.BFloat16)).ToList();
+        var groups = new List<OptimGroup>
+        {
+            new("decay", Enumerable.Range(0, 3).Select(i => new OptimParam($"d{i}", masters[i]) { Shadow = shadows[i] }).ToList(), 0.05, 1) { Lr = 3e-3 },
+            new("no_decay", Enumerable.Range(3, shapes.Length - 3).Select(i => new OptimParam($"n{i}", masters[i]) { Shadow = shadows[i] }).ToList(), 0.0, 1) { Lr = 1e-3 },
+        };
+        return (new AdamW(groups, 0.9, 0.98, 1e-7, fused), masters, shadows);
+    }
+
+    [Fact]
+    public void MixedAdamWFollowsTheCastThenFusedPath()
+    {
+        // Our one-pass bf16 step (bf16 gradients in, fp32 masters and moments updated, bf16 parameters written) against
+        // the path it replaces — gradients cast to fp32, libtorch's fused AdamW, masters copied into the model — over
+        // six steps, one parameter without a gradient every other step (skipped, its shadow untouched).
+        using var _ = torch.NewDisposeScope();
+        long[][] shapes = [[64, 40], [37], [0, 4], [1], [5000], [16]];
+        torch.manual_seed(4);
+        var (mixed, mm, ms) = MixedOptimizer(shapes);
+        torch.manual_seed(4);
+        var (reference, rm, rs) = MixedOptimizer(shapes);
+        using var _m = mixed;
+        using var _r = reference;
+        bool was = AdamW.UseMixed;
+        try
+        {
+            for (int step = 0; step < 6; step++)
+            {
+                var grads = shapes.Select(s => (torch.randn(s) * 0.1).to(ScalarType.BFloat16)).ToList();
+                foreach (var (opt, on) in new[] { (mixed, true), (reference, false) })
+                {
+                    AdamW.UseMixed = on;
+                    var ps = opt.Params.ToList();
+                    for (int i = 0; i < ps.Count; i++) ps[i].Grad = i == 1 && step % 2 == 1 ? null : grads[i];
+                    opt.Step();
+                }
+            }
+        }
+        finally { AdamW.UseMixed = was; }
+        Assert.Equal(2 * 6, mixed.MixedUpdates);
+        Assert.Equal(0, reference.MixedUpdates);
+        Assert.Equal(2 * 6, reference.FusedUpdates);
+        Assert.Equal(reference.StepCounts(), mixed.StepCounts());
+        for (int i = 0; i < shapes.Length; i++)
+        {
+            Assert.True(MaxAbs(mm[i] - rm[i]) <= 2e-6f * Math.Max(1f, MaxAbs(rm[i])), $"master {i}");
+            // The shadow is the master rounded as libtorch rounds to bf16, bit for bit.
+            Assert.True(Same(ms[i], mm[i].to(ScalarType.BFloat16)), $"shadow {i} is not its master rounded");
+            Assert.True(Same(rs[i], rm[i].to(ScalarType.BFloat16)), $"reference shadow {i}");
+        }
+        foreach (var (a, b) in mixed.StateTensors().Zip(reference.StateTensors()))
+        {
+            Assert.Equal(b.Key, a.Key);
+            Assert.Equal(ScalarType.Float32, a.Value.dtype);
+            Assert.True(MaxAbs(a.Value - b.Value) <= 2e-6f * Math.Max(1f, MaxAbs(b.Value)), a.Key);
+        }
+    }
+
+    [Fact]
+    public void MixedAdamWHandValues()
+    {
+        // One weight (decay 0.01, lr 0.1, betas 0.9/0.999, eps 1e-8), gradients 0.5 then −0.25, both exact in bf16; the
+        // expected values follow the AdamW formula in double.
+        using var _ = torch.NewDisposeScope();
+        var master = torch.tensor(new float[] { 1f });
+        var shadow = master.to(ScalarType.BFloat16);
+        var p = new OptimParam("w", master) { Shadow = shadow };
+        using var opt = new AdamW([new OptimGroup("decay", [p], 0.01, 1) { Lr = 0.1 }]);
+        double w = 1, m = 0, v = 0;
+        double[] grads = [0.5, -0.25];
+        for (int t = 1; t <= 2; t++)
+        {
+            double g = grads[t - 1];
+            p.Grad = torch.tensor(new float[] { (float)g }).to(ScalarType.BFloat16);
+            opt.Step();
+            w *= 1 - 0.1 * 0.01;
+            m = 0.9 * m + 0.1 * g;
+            v = 0.999 * v + 0.001 * g * g;
+            w -= 0.1 / (1 - Math.Pow(0.9, t)) * m / (Math.Sqrt(v) / Math.Sqrt(1 - Math.Pow(0.999, t)) + 1e-8);
+            Assert.Equal(w, master.item<float>(), 6);
+            Assert.Equal((float)w, shadow.to(ScalarType.Float32).item<float>(), 2); // bf16: 8 bits of mantissa
+        }
+        Assert.Equal(0.899, 0.999 - 1.0 * 0.05 / 0.5, 12); // step 1 by hand: decay to 0.999, then lr/(1−β1)·m/(√v/√(1−β2)) = 0.1
+        Assert.Equal(1, opt.MixedUpdates > 0 ? 1 : 0);
+    }
+
+    [Fact]
+    public void MixedAdamWSteppedWithoutTheKernelRefreshesShadows()
+    {
+        // The per-parameter path (fused: false) and SGD also take bf16 gradients and write the shadows.
+        using var _ = torch.NewDisposeScope();
+        long[][] shapes = [[8, 3], [5], [0], [2], [33]];
+        torch.manual_seed(9);
+        var (plain, pm, ps) = MixedOptimizer(shapes, fused: false);
+        using var _p = plain;
+        var grads = shapes.Select(s => torch.randn(s).to(ScalarType.BFloat16)).ToList();
+        var before = pm.Select(t => t.clone()).ToList();
+        foreach (var (param, g) in plain.Params.Zip(grads)) param.Grad = g;
+        plain.Step();
+        Assert.Equal(0, plain.MixedUpdates + plain.FusedUpdates);
+        for (int i = 0; i < shapes.Length; i++)
+        {
+            if (pm[i].numel() > 0) Assert.False(Same(pm[i], before[i]), $"master {i} did not move");
+            Assert.True(Same(ps[i], pm[i].to(ScalarType.BFloat16)), $"shadow {i}");
+        }
+        var w = torch.zeros(4);
+        var sw = torch.zeros(4, ScalarType.BFloat16);
+        using var sgd = new Sgd([new OptimGroup("all", [new OptimParam("w", w) { Shadow = sw, Grad = torch.ones(4, ScalarType.BFloat16) }], 0, 1) { Lr = 0.5 }], momentum: 0);
+        sgd.Step();
+        Assert.Equal(-0.5f, w[0].item<float>());
+        Assert.True(Same(sw, w.to(ScalarType.BFloat16)));
+        Assert.Throws<ArgumentException>(() => new OptimParam("x", torch.zeros(3)) { Shadow = torch.zeros(4, ScalarType.BFloat16) });
+    }
+
     [Fact]
     public void LoadStateRejectsUnknownParameters()
     {

@@ -238,10 +238,15 @@ public sealed class TrainerTests : IDisposable
         Assert.All(losses, l => Assert.True(double.IsFinite(l)));
         Assert.Equal(ScalarType.BFloat16, model.parameters().First(p => p.requires_grad).dtype);
         Assert.All(trainer.Optimizer.Params, p => Assert.Equal(ScalarType.Float32, p.Value.dtype));
-        // The bf16 model equals its masters rounded to bf16.
-        var first = trainer.Optimizer.Params.First();
-        var live = model.named_parameters().First(p => p.name == first.Name).parameter;
-        Assert.True((live == first.Value.to(ScalarType.BFloat16)).all().item<bool>());
+        // Every step went through the one-pass bf16 AdamW, and the bf16 model equals its masters rounded to bf16.
+        Assert.True(((AdamW)trainer.Optimizer).MixedUpdates > 0);
+        Assert.Equal(0, ((AdamW)trainer.Optimizer).FusedUpdates);
+        var byName = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        Assert.All(trainer.Optimizer.Params, p =>
+        {
+            Assert.Same(byName[p.Name], p.Shadow);
+            Assert.True((byName[p.Name] == p.Value.to(ScalarType.BFloat16)).all().item<bool>(), p.Name);
+        });
         Assert.NotNull(result.LastEval);
         var w = ModelWeights.Read(Path.Combine(dir, "bf16", "last.safetensors"));
         Assert.All(w.StateDict, kv => Assert.NotEqual(TensorDType.BFloat16, kv.Value.DType));
