@@ -9,14 +9,16 @@ namespace AllTokens.Layers;
 /// channels-last view of the tokens: x [P, N, K] is viewed (no copy) as the image [P, K, 1, N] with NHWC strides, so
 /// libtorch hands it to oneDNN, whose AVX-512 kernels beat the GEMM libtorch's bundled MKL picks on AMD CPUs, and the
 /// NHWC output [P, C, 1, N] is already y [P, N, C]. Forward + backward of an lvvit_t block measured ~10 % faster
-/// (its MLP ~16 %) on 2 Zen 4 cores, paired runs (BENCHMARKS.md). bf16 takes it in inference only (the bias inside
-/// the kernel; see <see cref="TakesConvPath(Linear, Tensor)"/>); other devices and dtypes and inputs with few rows use the
-/// plain linear. Same maths, other float rounding;
-/// <c>ALLTOKENS_LINEAR=plain</c> turns it off for comparisons.
+/// (its MLP ~16 %) on 2 Zen 4 cores, paired runs (BENCHMARKS.md). bf16 takes it too, in inference and training (see
+/// <see cref="TakesConvPath(Linear, Tensor)"/>); other devices and dtypes and inputs with few rows use the plain linear.
+/// Same maths, other float rounding; <c>ALLTOKENS_LINEAR=plain</c> turns it off for comparisons.
 /// </summary>
 public static class Dense
 {
     public static bool UseConvKernel { get; set; } = SpeedSwitch.On("ALLTOKENS_LINEAR", "plain");
+
+    /// <summary>bf16 training through the convolution too (<see cref="TakesConvPath(Linear, Tensor)"/>); comparisons.</summary>
+    internal static bool Bf16Training { get; set; } = true;
 
     /// <summary>Token rows below which the plain GEMM is kept (a head on [B, D], say).</summary>
     public const long MinRows = 64;
@@ -41,10 +43,13 @@ public static class Dense
     internal static Action<Linear, Tensor>? Probe { get; set; }
 
     /// <summary>
-    /// Whether <see cref="AsConvolution"/> applies and pays: on a CPU with ≥ <see cref="MinRows"/> rows, fp32 always, bf16
-    /// without autograd (inference). bf16 linears already run in oneDNN, but as a matmul whose bias is a separate pass
-    /// over the output; the convolution adds it in its own kernel, 5–10 % faster forward on lvvit_t's linears. With a
-    /// backward the two came out level, so training keeps the matmul (BENCHMARKS.md).
+    /// Whether <see cref="AsConvolution"/> applies and pays: on a CPU with ≥ <see cref="MinRows"/> rows, fp32 and bf16.
+    /// bf16 linears would run in oneDNN anyway, but as a matmul whose bias is a separate pass over the output, and in
+    /// training a bias gradient summed by libtorch's slow bf16 column reduction; the convolution adds the bias in its
+    /// own kernel and sums its gradient inside the weight-gradient kernel: 5–10 % faster forward on lvvit_t's linears;
+    /// in training (session 13) t2t_vit_7's T2T module forward + backward ×1.08, a block ×1.05, whole forward + backward
+    /// ×1.04 (lvvit_t ×1.015). Session 9 had found the two level in training, before the step's other changes
+    /// (BENCHMARKS.md).
     /// </summary>
     internal static bool TakesConvPath(Linear linear, Tensor x) => TakesConvPath(linear.weight!, x);
 
@@ -52,7 +57,7 @@ public static class Dense
     {
         if (x.dim() < 2 || x.device_type != DeviceType.CPU || x.dtype != w.dtype) return false;
         bool dtypeTakes = x.dtype == ScalarType.Float32
-            || (x.dtype == ScalarType.BFloat16 && !torch.is_grad_enabled());
+            || (x.dtype == ScalarType.BFloat16 && (Bf16Training || !torch.is_grad_enabled()));
         long inFeatures = w.shape[1];
         return dtypeTakes && x.shape[^1] == inFeatures && x.numel() / inFeatures >= MinRows;
     }

@@ -138,7 +138,7 @@ public class KernelPathTests
         Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 16)));
         var bf = nn.Linear(16, 4);
         bf.to(ScalarType.BFloat16);
-        Assert.False(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16))); // bf16 with autograd
+        Assert.True(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16)));  // bf16 with autograd too
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16))); // dtypes differ
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.Float64)));
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 15)));           // wrong width: the Linear's own error
@@ -154,7 +154,6 @@ public class KernelPathTests
         var lin = nn.Linear(240, 72, hasBias: bias);
         lin.to(ScalarType.BFloat16);
         var x = torch.randn(new long[] { 8, 197, 240 }).to(ScalarType.BFloat16);
-        Assert.False(Dense.TakesConvPath(lin, x)); // training keeps libtorch's matmul
         using var noGrad = torch.no_grad();
         Assert.True(Dense.TakesConvPath(lin, x));
         var viaConv = Dense.Forward(lin, x);
@@ -167,6 +166,54 @@ public class KernelPathTests
         double plainErr = (lin.call(x).to(ScalarType.Float32) - exact).abs().max().item<float>();
         Assert.True(convErr <= scale / 128, $"convolution path off by {convErr:E3} (max |y| {scale:E3})");
         Assert.True(convErr <= 2 * plainErr + scale / 512, $"convolution path off by {convErr:E3}, matmul by {plainErr:E3}");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Bf16TrainingTakesTheConvolutionWithTheLinearsGradients(bool bias)
+    {
+        // A bf16 linear with autograd goes through the convolution too: its output and the input, weight and bias
+        // gradients within bf16 rounding of an fp32 reference (the same bf16 values, computed in fp32), and no further
+        // from it than libtorch's bf16 matmul path (Bf16Training off) is.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(13);
+        var lin = nn.Linear(64, 192, hasBias: bias);
+        lin.to(ScalarType.BFloat16);
+        var x0 = torch.randn(new long[] { 8, 784, 64 }).to(ScalarType.BFloat16);
+        var g = torch.randn(new long[] { 8, 784, 192 }).to(ScalarType.BFloat16);
+        var ps = bias ? new[] { lin.weight!, lin.bias! } : new[] { lin.weight! };
+        List<Tensor> Run(bool conv)
+        {
+            bool was = Dense.Bf16Training;
+            Dense.Bf16Training = conv;
+            try
+            {
+                var x = x0.detach().requires_grad_(true);
+                Assert.Equal(conv, Dense.TakesConvPath(lin, x));
+                var y = Dense.Forward(lin, x);
+                var grads = torch.autograd.grad([y], [x, .. ps], [g]);
+                return [y.detach(), .. grads];
+            }
+            finally { Dense.Bf16Training = was; }
+        }
+        var viaConv = Run(true);
+        var viaMatmul = Run(false);
+        var xf = x0.to(ScalarType.Float32).requires_grad_(true);
+        var pf = ps.Select(p => p.detach().to(ScalarType.Float32).requires_grad_(true)).ToArray();
+        var yf = nn.functional.linear(xf, pf[0], bias ? pf[1] : null);
+        List<Tensor> exact = [yf.detach(), .. torch.autograd.grad([yf], [xf, .. pf], [g.to(ScalarType.Float32)])];
+        string[] names = ["output", "input gradient", "weight gradient", "bias gradient"];
+        for (int i = 0; i < exact.Count; i++)
+        {
+            Assert.Equal(ScalarType.BFloat16, viaConv[i].dtype);
+            Assert.Equal(exact[i].shape, viaConv[i].shape);
+            double scale = exact[i].abs().max().item<float>();
+            double convErr = (viaConv[i].to(ScalarType.Float32) - exact[i]).abs().max().item<float>();
+            double plainErr = (viaMatmul[i].to(ScalarType.Float32) - exact[i]).abs().max().item<float>();
+            Assert.True(convErr <= scale / 128, $"{names[i]}: convolution path off by {convErr:E3} (max {scale:E3})");
+            Assert.True(convErr <= 2 * plainErr + scale / 512, $"{names[i]}: convolution path off by {convErr:E3}, matmul by {plainErr:E3}");
+        }
     }
 
     [Fact]
