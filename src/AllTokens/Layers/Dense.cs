@@ -20,6 +20,22 @@ public static class Dense
     /// <summary>bf16 training through the convolution too (<see cref="TakesConvPath(Linear, Tensor)"/>); comparisons.</summary>
     internal static bool Bf16Training { get; set; } = true;
 
+    /// <summary>
+    /// Multiply-adds (rows × in × out) from which bf16 training takes the convolution; below, its per-call cost (weight
+    /// reorders, the primitive's setup) outweighs what it saves: t2t_vit_nano at 32 px, batch 64 (linears of 2–58 M
+    /// multiply-adds) ran bf16 forward + backward ×0.81 slower with all its linears on the convolution, ×0.96 from
+    /// 1,024 rows, level with this bound.
+    /// </summary>
+    internal static long Bf16TrainingMinMacs { get; set; } = 1L << 25;
+
+    /// <summary>
+    /// Multiply-adds (rows × in × out) from which the convolution pays at all. Below, libtorch's matmul is faster: the
+    /// 32-px t2t_vit_nano (batch 64; linears of 2–58 M multiply-adds) ran fp32 forward + backward ×0.86 slower with all
+    /// its linears on the convolution, level with this bound (session 13). t2t_vit_7's and lvvit_t's linears at batch 8
+    /// are all above it.
+    /// </summary>
+    public const long MinMacs = 1L << 24;
+
     /// <summary>Token rows below which the plain GEMM is kept (a head on [B, D], say).</summary>
     public const long MinRows = 64;
 
@@ -43,7 +59,8 @@ public static class Dense
     internal static Action<Linear, Tensor>? Probe { get; set; }
 
     /// <summary>
-    /// Whether <see cref="AsConvolution"/> applies and pays: on a CPU with ≥ <see cref="MinRows"/> rows, fp32 and bf16.
+    /// Whether <see cref="AsConvolution"/> applies and pays: on a CPU with ≥ <see cref="MinRows"/> rows and ≥
+    /// <see cref="MinMacs"/> multiply-adds, fp32 and bf16 (bf16 training from <see cref="Bf16TrainingMinMacs"/>).
     /// bf16 linears would run in oneDNN anyway, but as a matmul whose bias is a separate pass over the output, and in
     /// training a bias gradient summed by libtorch's slow bf16 column reduction; the convolution adds the bias in its
     /// own kernel and sums its gradient inside the weight-gradient kernel: 5–10 % faster forward on lvvit_t's linears;
@@ -56,10 +73,11 @@ public static class Dense
     private static bool TakesConvPath(Tensor w, Tensor x)
     {
         if (x.dim() < 2 || x.device_type != DeviceType.CPU || x.dtype != w.dtype) return false;
+        long inFeatures = w.shape[1], rows = x.numel() / Math.Max(1, inFeatures);
+        long macs = rows * inFeatures * w.shape[0];
         bool dtypeTakes = x.dtype == ScalarType.Float32
-            || (x.dtype == ScalarType.BFloat16 && (Bf16Training || !torch.is_grad_enabled()));
-        long inFeatures = w.shape[1];
-        return dtypeTakes && x.shape[^1] == inFeatures && x.numel() / inFeatures >= MinRows;
+            || (x.dtype == ScalarType.BFloat16 && (!torch.is_grad_enabled() || (Bf16Training && macs >= Bf16TrainingMinMacs)));
+        return dtypeTakes && x.shape[^1] == inFeatures && rows >= MinRows && macs >= MinMacs;
     }
 
     /// <summary>The linear as a 1×1 convolution over [P, K, 1, N] (any input of shape [..., N, K]).</summary>

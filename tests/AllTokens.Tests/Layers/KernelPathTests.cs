@@ -21,7 +21,7 @@ public class KernelPathTests
     }
 
     [Theory]
-    [InlineData(new long[] { 8, 197, 240 }, 720, true)]   // an lvvit_t qkv
+    [InlineData(new long[] { 8, 197, 240 }, 720, true)]   // an lvvit_t qkv (takes the convolution)
     [InlineData(new long[] { 4, 49, 96 }, 37, false)]     // odd sizes, no bias
     [InlineData(new long[] { 300, 64 }, 10, true)]        // 2-D input
     [InlineData(new long[] { 2, 3, 40, 16 }, 8, true)]    // 4-D input
@@ -31,7 +31,9 @@ public class KernelPathTests
         torch.manual_seed(7);
         var lin = nn.Linear(shape[^1], outFeatures, hasBias: bias);
         var x = torch.randn(shape);
-        Assert.True(Dense.TakesConvPath(lin, x));
+        // The forward takes the convolution where the product is large enough (MinMacs); the kernel is exact at any size.
+        long rows = x.numel() / shape[^1];
+        Assert.Equal(rows >= Dense.MinRows && rows * shape[^1] * outFeatures >= Dense.MinMacs, Dense.TakesConvPath(lin, x));
 
         var x1 = x.detach().requires_grad_(true);
         var y1 = lin.call(x1);
@@ -133,15 +135,21 @@ public class KernelPathTests
     public void SmallInputsAndOtherDtypesKeepThePlainLinear()
     {
         using var _ = torch.NewDisposeScope();
-        var lin = nn.Linear(16, 4);
-        Assert.False(Dense.TakesConvPath(lin, torch.randn(8, 16)));               // a head on [B, D]
-        Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 16)));
-        var bf = nn.Linear(16, 4);
+        var lin = nn.Linear(256, 1024);
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(8, 256)));                     // a head on [B, D]
+        Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 256)));          // 64·256·1024 = MinMacs
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows - 1, 256)));
+        var small = nn.Linear(16, 4);
+        Assert.False(Dense.TakesConvPath(small, torch.randn(4, 100, 16)));               // rows enough, too little work
+        var bf = nn.Linear(256, 1024);
         bf.to(ScalarType.BFloat16);
-        Assert.True(Dense.TakesConvPath(bf, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16)));  // bf16 with autograd too
-        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.BFloat16))); // dtypes differ
-        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 16, dtype: ScalarType.Float64)));
-        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 15)));           // wrong width: the Linear's own error
+        // bf16 with autograd from Bf16TrainingMinMacs (2·MinMacs), without from MinMacs.
+        Assert.False(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+        Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 2, 64, 256 }, dtype: ScalarType.BFloat16)));
+        using (torch.no_grad()) Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(new long[] { 4, 100, 256 }, dtype: ScalarType.BFloat16))); // dtypes differ
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(new long[] { 4, 100, 256 }, dtype: ScalarType.Float64)));
+        Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 255)));                 // wrong width: the Linear's own error
     }
 
     [Theory]
