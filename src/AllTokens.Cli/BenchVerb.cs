@@ -10,7 +10,7 @@ namespace AllTokens.Cli;
 public static class BenchVerb
 {
     public static readonly Verb Verb = new(new VerbSpec("bench", "measure throughput: a model's train step and inference, or the data loader (images/s)",
-        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--fixed-warmup] [--threads T] [--bf16] [--breakdown] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
+        "--model M [--res R] [--batch B] [--steps N] [--warmup W] [--fixed-warmup] [--threads T] [--bf16 | --paired-bf16] [--breakdown] [--json]  |  --data PATH [--res R] [--workers W] [--batch B] [--batches N] [--json]",
     [
         new OptionSpec("model", "M", "benchmark this model's train step and inference on synthetic data"),
         new OptionSpec("steps", "N", "timed steps (model mode)", "10"),
@@ -18,6 +18,7 @@ public static class BenchVerb
         new OptionSpec("fixed-warmup", null, "model mode: exactly --warmup untimed steps, without waiting for the JIT"),
         new OptionSpec("num-classes", "N", "classifier width (model mode)", "1000"),
         new OptionSpec("bf16", null, "bf16 compute with fp32 master weights (model mode)"),
+        new OptionSpec("paired-bf16", null, "model mode: train an fp32 and a bf16 copy of the model in one process, one step of each in turn, and print how many times faster bf16 trains, pair by pair (median and quartiles): steadier than separate runs on a machine whose speed drifts; --steps counts pairs"),
         new OptionSpec("breakdown", null, "model mode: also time each part of the train step alone (stem or T2T module, every block, head, optimizer), forward + backward; with --bf16 in bf16, the optimizer on fp32 masters"),
         new OptionSpec("task", "ce|auto", "model mode: 'auto' uses the token-labeling step for LV-ViT models (as in their training), 'ce' plain cross-entropy", "auto"),
         CliCommon.ThreadsOption,
@@ -110,6 +111,11 @@ public static class BenchVerb
         bool bf16 = a.Flag("bf16");
         bool fixedWarmup = a.Flag("fixed-warmup");
         string taskKind = a.Choice("task", "auto", "ce");
+        if (a.Flag("paired-bf16"))
+        {
+            if (bf16 || a.Flag("breakdown")) throw new UsageException("--paired-bf16 times both precisions itself; it does not combine with --bf16 or --breakdown");
+            return RunPaired(a, io, info, name, res, batch, steps, warmup, classes, taskKind, fixedWarmup, device);
+        }
         torch.manual_seed(0);
         using var model = info.Create(new Models.ModelOptions(classes, res));
         var task = BenchTask(model, taskKind, out string taskName);
@@ -152,6 +158,50 @@ public static class BenchVerb
                 $"inference {r.InferImagesPerSecond:F1} img/s (median {r.MedianInferStepSeconds * 1000:F0} ms), peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB") + faults +
                 string.Create(CultureInfo.InvariantCulture, $"; untimed steps {r.TrainWarmupSteps} train, {r.InferWarmupSteps} inference"));
             if (parts is not null) WriteBreakdown(io, parts, r.MedianTrainStepSeconds);
+        }
+        return 0;
+    }
+
+    private static int RunPaired(ParsedArgs a, Console2 io, Models.ModelInfo info, string name, int res, int batch, int steps, int warmup,
+        int classes, string taskKind, bool fixedWarmup, torch.Device device)
+    {
+        torch.manual_seed(0);
+        using var fp32Model = info.Create(new Models.ModelOptions(classes, res));
+        torch.manual_seed(0); // the same weights in both copies
+        using var bf16Model = info.Create(new Models.ModelOptions(classes, res));
+        var fp32Task = BenchTask(fp32Model, taskKind, out string taskName);
+        var bf16Task = BenchTask(bf16Model, taskKind, out _);
+        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, fp32 and bf16 train steps in turn, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {steps} timed pairs"));
+        var r = Training.TrainBenchmark.RunPairedBf16(fp32Task, bf16Task, batch, res, steps, warmup, device, waitForJit: !fixedWarmup);
+        if (a.Flag("json"))
+        {
+            io.Out.WriteLine(JsonSerializer.Serialize(new
+            {
+                impl = "alltokens",
+                model = name,
+                res,
+                batch,
+                threads = torch.get_num_threads(),
+                task = taskName,
+                pairs = r.Pairs,
+                warmup_pairs = r.WarmupPairs,
+                fp32_median_step_s = r.MedianFp32StepSeconds,
+                bf16_median_step_s = r.MedianBf16StepSeconds,
+                fp32_train_images_per_s = batch / r.MedianFp32StepSeconds,
+                bf16_train_images_per_s = batch / r.MedianBf16StepSeconds,
+                paired_ratio_median = r.MedianRatio,
+                paired_ratio_q1 = r.LowerQuartileRatio,
+                paired_ratio_q3 = r.UpperQuartileRatio,
+                peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
+            }));
+        }
+        else
+        {
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: fp32 train step {r.MedianFp32StepSeconds * 1000:F0} ms ({batch / r.MedianFp32StepSeconds:F1} img/s), bf16 {r.MedianBf16StepSeconds * 1000:F0} ms " +
+                $"({batch / r.MedianBf16StepSeconds:F1} img/s); bf16 trains ×{r.MedianRatio:F2} faster by the median of {r.Pairs} pairs " +
+                $"(quartiles ×{r.LowerQuartileRatio:F2}–×{r.UpperQuartileRatio:F2}); peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (both copies); untimed pairs {r.WarmupPairs}"));
         }
         return 0;
     }

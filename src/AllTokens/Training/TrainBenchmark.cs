@@ -16,6 +16,16 @@ public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferIm
     double MedianInferStepSeconds, long PeakRssBytes, int Batch, int Resolution, int Steps, bool Bf16, double PageFaultsPerStep = -1,
     int TrainWarmupSteps = 0, int InferWarmupSteps = 0);
 
+/// <summary>Paired bf16-vs-fp32 train steps of <see cref="TrainBenchmark.RunPairedBf16"/>.</summary>
+/// <param name="MedianFp32StepSeconds">Median fp32 step.</param>
+/// <param name="MedianBf16StepSeconds">Median bf16 step.</param>
+/// <param name="MedianRatio">Median over the pairs of fp32 step / bf16 step (how many times faster bf16 trains).</param>
+/// <param name="LowerQuartileRatio">25th percentile of the pairs' ratios.</param>
+/// <param name="UpperQuartileRatio">75th percentile of the pairs' ratios.</param>
+/// <param name="WarmupPairs">Untimed pairs run first.</param>
+public sealed record PairedBf16Result(double MedianFp32StepSeconds, double MedianBf16StepSeconds, double MedianRatio,
+    double LowerQuartileRatio, double UpperQuartileRatio, int Batch, int Resolution, int Pairs, int WarmupPairs, long PeakRssBytes);
+
 /// <summary>
 /// When warmup is over: after the asked number of untimed steps, and then only once a whole step has run without the
 /// JIT compiling a method (at most <see cref="MaxExtraSteps"/> more steps or <see cref="MaxExtraSeconds"/> more
@@ -85,68 +95,152 @@ public static class TrainBenchmark
         if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
         var model = task.Model;
         var dev = device ?? torch.CPU;
-        var dtype = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
-        model.to(dev);
-        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
-        var masters = bf16 ? Fp32Masters(trainable.Select(p => (Tensor)p.parameter)) : [];
-        if (bf16) model.to(dtype); // masters are taken before the cast, so they keep full fp32 precision
-        var live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
-        // bf16: the optimizer steps the fp32 masters and writes them back, rounded, into the model (OptimParam.Shadow), as the trainer does.
-        var group = new OptimGroup("all", trainable.Select((p, i) => bf16 ? new OptimParam(p.name, masters[i]) { Shadow = live[i] } : new OptimParam(p.name, live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
-        using var opt = new AdamW([group]);
         var gen = new Rng(0);
-        int classes = Math.Max(1, model.NumClasses);
         var trainTimes = new List<double>();
         var inferTimes = new List<double>();
         long faultsAtWarmupEnd = -1, faultsAtTrainEnd = -1;
         int trainWarmupSteps = 0, inferWarmupSteps = 0;
-        try
+        using (var stepper = new Stepper(task, bf16, dev))
         {
-            model.train();
-            var trainWarmup = new JitSettledWarmup(warmup, waitForJit);
-            while (trainTimes.Count < steps)
+            try
             {
-                bool timed = trainWarmup.Done;
-                if (timed && trainTimes.Count == 0) faultsAtWarmupEnd = MinorFaults();
-                using var scope = torch.NewDisposeScope();
-                var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
-                var sw = Stopwatch.StartNew();
-                var output = task.Step(b);
-                output.Loss.backward();
-                for (int i = 0; i < group.Params.Count; i++) group.Params[i].Grad = live[i].grad; // bf16 ones too (the trainer's way)
-                opt.Step();
-                model.zero_grad();
-                _ = output.Loss.item<float>();
-                if (timed) trainTimes.Add(sw.Elapsed.TotalSeconds);
-                else trainWarmup.StepRan();
-            }
-            trainWarmupSteps = trainWarmup.Steps;
-            faultsAtTrainEnd = MinorFaults();
-            model.eval();
-            var inferWarmup = new JitSettledWarmup(warmup, waitForJit);
-            using (torch.no_grad())
-                while (inferTimes.Count < steps)
+                var trainWarmup = new JitSettledWarmup(warmup, waitForJit);
+                while (trainTimes.Count < steps)
                 {
-                    bool timed = inferWarmup.Done;
-                    using var scope = torch.NewDisposeScope();
-                    var b = SyntheticBatch(batch, resolution, classes, gen, dtype, dev);
-                    var sw = Stopwatch.StartNew();
-                    var y = model.call(b.Images);
-                    _ = y.sum().to(ScalarType.Float32).item<float>();
-                    if (timed) inferTimes.Add(sw.Elapsed.TotalSeconds);
-                    else inferWarmup.StepRan();
+                    bool timed = trainWarmup.Done;
+                    if (timed && trainTimes.Count == 0) faultsAtWarmupEnd = MinorFaults();
+                    double t = stepper.Step(batch, resolution, gen);
+                    if (timed) trainTimes.Add(t);
+                    else trainWarmup.StepRan();
                 }
-            inferWarmupSteps = inferWarmup.Steps;
-        }
-        finally
-        {
-            foreach (var m in masters) m.Dispose();
-            model.train();
+                trainWarmupSteps = trainWarmup.Steps;
+                faultsAtTrainEnd = MinorFaults();
+                model.eval();
+                var inferWarmup = new JitSettledWarmup(warmup, waitForJit);
+                using (torch.no_grad())
+                    while (inferTimes.Count < steps)
+                    {
+                        bool timed = inferWarmup.Done;
+                        using var scope = torch.NewDisposeScope();
+                        var b = SyntheticBatch(batch, resolution, stepper.Classes, gen, stepper.DType, dev);
+                        var sw = Stopwatch.StartNew();
+                        var y = model.call(b.Images);
+                        _ = y.sum().to(ScalarType.Float32).item<float>();
+                        if (timed) inferTimes.Add(sw.Elapsed.TotalSeconds);
+                        else inferWarmup.StepRan();
+                    }
+                inferWarmupSteps = inferWarmup.Steps;
+            }
+            finally
+            {
+                model.train();
+            }
         }
         double trainMed = Median(trainTimes), inferMed = Median(inferTimes);
         double faults = faultsAtWarmupEnd >= 0 && faultsAtTrainEnd >= 0 ? (faultsAtTrainEnd - faultsAtWarmupEnd) / (double)steps : -1;
         return new BenchmarkResult(batch / trainMed, batch / inferMed, trainMed, inferMed, PeakRss(), batch, resolution, steps, bf16, faults,
             trainWarmupSteps, inferWarmupSteps);
+    }
+
+    /// <summary>
+    /// bf16 against fp32 train steps of the same model in one process: two copies (<paramref name="fp32Task"/>,
+    /// <paramref name="bf16Task"/>, same weights), one step of each in turn, the order swapped every pair, so that the
+    /// machine's speed drifting over seconds to minutes (large on shared VMs) hits both alike. The ratio is taken pair by
+    /// pair (fp32 step time / bf16 step time). Warmup counts pairs, as <see cref="Run"/> counts steps.
+    /// </summary>
+    public static PairedBf16Result RunPairedBf16(ITrainTask fp32Task, ITrainTask bf16Task, int batch, int resolution, int steps, int warmup,
+        Device? device = null, bool waitForJit = true)
+    {
+        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        if (ReferenceEquals(fp32Task.Model, bf16Task.Model)) throw new ArgumentException("the fp32 and bf16 tasks need their own copies of the model");
+        var dev = device ?? torch.CPU;
+        var gen = new Rng(0);
+        var fp32Times = new List<double>();
+        var bf16Times = new List<double>();
+        using var fp32 = new Stepper(fp32Task, false, dev);
+        using var bf16 = new Stepper(bf16Task, true, dev);
+        var warm = new JitSettledWarmup(warmup, waitForJit);
+        for (int pair = 0; fp32Times.Count < steps; pair++)
+        {
+            bool timed = warm.Done;
+            double tf, tb;
+            if (pair % 2 == 0)
+            {
+                tf = fp32.Step(batch, resolution, gen);
+                tb = bf16.Step(batch, resolution, gen);
+            }
+            else
+            {
+                tb = bf16.Step(batch, resolution, gen);
+                tf = fp32.Step(batch, resolution, gen);
+            }
+            if (!timed)
+            {
+                warm.StepRan();
+                continue;
+            }
+            fp32Times.Add(tf);
+            bf16Times.Add(tb);
+        }
+        var ratios = fp32Times.Zip(bf16Times, (f, b) => f / b).Order().ToList();
+        return new PairedBf16Result(Median(fp32Times), Median(bf16Times), Median(ratios), Quantile(ratios, 0.25), Quantile(ratios, 0.75),
+            batch, resolution, steps, warm.Steps, PeakRss());
+    }
+
+    /// <summary>
+    /// One model's train step as bench times it: forward + loss + backward + AdamW; in bf16 the model computes in bf16
+    /// and the optimizer steps fp32 masters, writing them back rounded (<see cref="OptimParam.Shadow"/>), as the trainer does.
+    /// </summary>
+    private sealed class Stepper : IDisposable
+    {
+        private readonly ITrainTask task;
+        private readonly List<Tensor> masters;
+        private readonly List<TorchSharp.Modules.Parameter> live;
+        private readonly OptimGroup group;
+        private readonly AdamW opt;
+        private readonly Device device;
+
+        public Stepper(ITrainTask task, bool bf16, Device device)
+        {
+            this.task = task;
+            this.device = device;
+            var model = task.Model;
+            DType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+            model.to(device);
+            var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+            masters = bf16 ? Fp32Masters(trainable.Select(p => (Tensor)p.parameter)) : [];
+            if (bf16) model.to(DType); // masters are taken before the cast, so they keep full fp32 precision
+            live = model.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.parameter).ToList();
+            group = new OptimGroup("all", trainable.Select((p, i) => bf16 ? new OptimParam(p.name, masters[i]) { Shadow = live[i] } : new OptimParam(p.name, live[i])).ToList(), 0.05, 1.0) { Lr = 1e-4 };
+            opt = new AdamW([group]);
+            Classes = Math.Max(1, model.NumClasses);
+            model.train();
+        }
+
+        public ScalarType DType { get; }
+        public int Classes { get; }
+
+        /// <summary>One train step on a fresh synthetic batch; returns its seconds (the batch's drawing not counted).</summary>
+        public double Step(int batch, int resolution, Rng gen)
+        {
+            using var scope = torch.NewDisposeScope();
+            var b = SyntheticBatch(batch, resolution, Classes, gen, DType, device);
+            var sw = Stopwatch.StartNew();
+            var output = task.Step(b);
+            output.Loss.backward();
+            for (int i = 0; i < group.Params.Count; i++) group.Params[i].Grad = live[i].grad; // bf16 ones too (the trainer's way)
+            opt.Step();
+            task.Model.zero_grad();
+            _ = output.Loss.item<float>();
+            return sw.Elapsed.TotalSeconds;
+        }
+
+        public void Dispose()
+        {
+            opt.Dispose();
+            foreach (var p in group.Params) p.Grad = null;
+            foreach (var m in masters) m.Dispose();
+        }
     }
 
     private static Batch SyntheticBatch(int batch, int res, int classes, Rng gen, ScalarType dtype, Device dev)
@@ -160,6 +254,14 @@ public static class TrainBenchmark
             Labels = torch.tensor(labels, device: dev),
             Indices = Enumerable.Range(0, batch).ToArray(),
         };
+    }
+
+    /// <summary>The q-quantile of a sorted non-empty list, linear between neighbours.</summary>
+    internal static double Quantile(List<double> sorted, double q)
+    {
+        double pos = q * (sorted.Count - 1);
+        int lo = (int)Math.Floor(pos), hi = (int)Math.Ceiling(pos);
+        return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
     }
 
     /// <summary>The median of a non-empty list (mean of the middle two for an even count).</summary>

@@ -343,6 +343,56 @@ public sealed class TrainerTests : IDisposable
     }
 
     [Fact]
+    public void PairedBf16BenchStepsAnFp32AndABf16Copy()
+    {
+        torch.manual_seed(0);
+        using var fp32 = ModelRegistry.Create("vit_nano", new ModelOptions(10, 32));
+        torch.manual_seed(0);
+        using var bf16 = ModelRegistry.Create("vit_nano", new ModelOptions(10, 32));
+        var r = TrainBenchmark.RunPairedBf16(new ClassificationTask(fp32), new ClassificationTask(bf16), batch: 2, resolution: 32, steps: 3, warmup: 1,
+            waitForJit: false);
+        Assert.Equal(3, r.Pairs);
+        Assert.Equal(1, r.WarmupPairs);
+        Assert.True(r.MedianFp32StepSeconds > 0 && r.MedianBf16StepSeconds > 0);
+        Assert.InRange(r.MedianRatio, r.LowerQuartileRatio, r.UpperQuartileRatio);
+        Assert.True(r.LowerQuartileRatio > 0);
+        Assert.Equal(ScalarType.Float32, fp32.parameters().First().dtype);
+        Assert.Equal(ScalarType.BFloat16, bf16.parameters().First().dtype);
+        // Both copies trained: their weights left the common start.
+        torch.manual_seed(0);
+        using var start = ModelRegistry.Create("vit_nano", new ModelOptions(10, 32));
+        var w0 = start.parameters().First();
+        Assert.False(fp32.parameters().First().allclose(w0));
+        Assert.False(bf16.parameters().First().to(ScalarType.Float32).allclose(w0, rtol: 0, atol: 1e-6));
+        var same = new ClassificationTask(fp32);
+        Assert.Throws<ArgumentException>(() => TrainBenchmark.RunPairedBf16(same, same, 2, 32, 1, 0));
+        Assert.Equal(2.5, TrainBenchmark.Quantile([1, 2, 3, 4], 0.5));
+        Assert.Equal(1.75, TrainBenchmark.Quantile([1, 2, 3, 4], 0.25));
+    }
+
+    [Fact]
+    public void BenchPairedBf16FromTheCommandLine()
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
+            "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-bf16", "--json"], o, e);
+        Assert.True(code == 0, e.ToString());
+        using (var doc = System.Text.Json.JsonDocument.Parse(o.ToString()))
+        {
+            var root = doc.RootElement;
+            Assert.Equal(2, root.GetProperty("pairs").GetInt32());
+            Assert.Equal(1, root.GetProperty("warmup_pairs").GetInt32());
+            Assert.True(root.GetProperty("paired_ratio_median").GetDouble() > 0);
+            Assert.True(root.GetProperty("bf16_train_images_per_s").GetDouble() > 0);
+        }
+        e = new StringWriter();
+        code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--paired-bf16", "--bf16"], new StringWriter(), e);
+        Assert.Equal(2, code);
+        Assert.Contains("--paired-bf16", e.ToString());
+    }
+
+    [Fact]
     public void BenchmarkReportsThroughput()
     {
         torch.manual_seed(0);
