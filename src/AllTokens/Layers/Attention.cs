@@ -50,6 +50,17 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
 
     public override Tensor forward(Tensor x) => Forward(x, out _, captureAttention: false);
 
+    /// <summary>Moves a power-of-two scale onto q (the same bits; see Forward); comparisons.</summary>
+    internal static bool QueryScaleWhenExact { get; set; } = true;
+
+    /// <summary>Whether x is ±2^e exactly (so multiplying by it only shifts exponents).</summary>
+    internal static bool IsPowerOfTwo(double x)
+    {
+        if (!double.IsFinite(x) || x == 0) return false;
+        long bits = BitConverter.DoubleToInt64Bits(Math.Abs(x));
+        return (bits & 0xFFFFFFFFFFFFFL) == 0 && (bits >> 52) != 0; // no mantissa bits, not subnormal
+    }
+
     /// <summary>Forward that can also hand back the attention probabilities [B, heads, N, N].</summary>
     public Tensor Forward(Tensor x, out Tensor? attention, bool captureAttention)
     {
@@ -84,7 +95,10 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
             return scope.MoveToOuter(proj_drop.call(yf));
         }
         using var scale = Scale.ToScalar(); // held for the call (see Held)
-        var attn = ScaleQueryFirst
+        // A power-of-two scale (head_dim 4, 16, 64, 256: 1/2, 1/4, 1/8, 1/16) multiplies exactly, so scaling q first gives
+        // T2T-ViT's scaled product bit for bit (barring under/overflow) while the multiply runs over [B, H, N, hd]
+        // instead of [B, H, N, N] forward and backward.
+        var attn = ScaleQueryFirst || (QueryScaleWhenExact && IsPowerOfTwo(Scale))
             ? q.mul(scale).matmul(k.transpose(-2, -1)).softmax(-1)
             : q.matmul(k.transpose(-2, -1)).mul(scale).softmax(-1); // [B, H, N, N]
         attention = captureAttention ? scope.MoveToOuter(attn.detach()) : null;

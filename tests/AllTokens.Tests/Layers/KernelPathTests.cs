@@ -273,4 +273,39 @@ public class KernelPathTests
         var g = torch.randn(fused.shape);
         AssertClose(torch.autograd.grad([fused], [x], [g])[0], torch.autograd.grad([explicitOut], [x], [g])[0], 1e-5, 1e-6);
     }
+
+    [Theory]
+    [InlineData(64, true)]   // head_dim 16: scale 1/4, exact
+    [InlineData(256, true)]  // head_dim 64 (t2t_vit_7's): scale 1/8, exact
+    [InlineData(96, false)]  // head_dim 24: not a power of two, the product is scaled as written
+    public void PowerOfTwoScaleMovesOntoQueryBitForBit(long dim, bool powerOfTwo)
+    {
+        // T2T-ViT scales q·kᵀ; with a power-of-two scale, scaling q first is exact, so the bf16 explicit path (which
+        // takes it) equals the product-scaled formula bit for bit, forward and backward.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(5);
+        var attention = new Attention(dim, 4, scaleQueryFirst: false);
+        Assert.Equal(powerOfTwo, Attention.IsPowerOfTwo(attention.Scale));
+        attention.to(ScalarType.BFloat16);
+        var x = torch.randn(new long[] { 2, 17, dim }).to(ScalarType.BFloat16).requires_grad_(true);
+        var y = attention.call(x);
+        // The formula as T2T-ViT writes it: (q·kᵀ)·scale.
+        var x2 = x.detach().requires_grad_(true);
+        long b = 2, n = 17, hd = dim / 4;
+        var qkv = nn.functional.linear(x2, attention.Qkv.weight!, attention.Qkv.bias).reshape(b, n, 3, 4, hd).permute(2, 0, 3, 1, 4);
+        var attn = (qkv[0].matmul(qkv[1].transpose(-2, -1)) * attention.Scale).softmax(-1);
+        var reference = nn.functional.linear(attn.matmul(qkv[2]).transpose(1, 2).reshape(b, n, dim), attention.Proj.weight!, attention.Proj.bias);
+        var g = torch.randn(y.shape).to(ScalarType.BFloat16);
+        var gx = torch.autograd.grad([y], [x], [g])[0];
+        var gx2 = torch.autograd.grad([reference], [x2], [g])[0];
+        if (powerOfTwo)
+        {
+            Assert.True(y.eq(reference).all().item<bool>(), "forward differs");
+            Assert.True(gx.eq(gx2).all().item<bool>(), "input gradient differs");
+        }
+        Assert.True((y.to(ScalarType.Float32) - reference.to(ScalarType.Float32)).abs().max().item<float>() <= 0.05f);
+        Assert.False(Attention.IsPowerOfTwo(0.3));
+        Assert.True(Attention.IsPowerOfTwo(-0.5));
+        Assert.False(Attention.IsPowerOfTwo(double.Epsilon)); // subnormal
+    }
 }
