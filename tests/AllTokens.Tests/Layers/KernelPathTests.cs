@@ -58,6 +58,9 @@ public class KernelPathTests
     [InlineData(2, 4, 9, 9, 3, 3, 0)]     // no padding, stride = kernel
     [InlineData(1, 2, 10, 7, 3, 4, 2)]    // stride > kernel, windows reaching well into the padding
     [InlineData(2, 3, 5, 5, 5, 1, 2)]     // windows as wide as the image, every one touching the padding
+    [InlineData(2, 3, 64, 48, 7, 4, 2)]   // mostly inner windows: 14-byte bf16 rows as 16-byte moves
+    [InlineData(1, 2, 40, 41, 8, 3, 1)]   // 16-byte bf16 rows (a move without spill)
+    [InlineData(1, 1, 30, 30, 17, 2, 0)]  // wider rows keep the exact copy
     public void StridedSoftSplitEqualsUnfoldThenTranspose(int b, int c, int h, int w, int k, int s, int p)
     {
         using var _ = torch.NewDisposeScope();
