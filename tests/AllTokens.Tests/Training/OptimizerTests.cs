@@ -179,8 +179,10 @@ public sealed class OptimizerTests
         return (new AdamW(groups, 0.9, 0.98, 1e-7, fused), masters, shadows);
     }
 
-    [Fact]
-    public void MixedAdamWFollowsTheCastThenFusedPath()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)] // fp32 gradients with bf16 shadows: the trainer's bf16 step with clip_grad (clipped in fp32)
+    public void MixedAdamWFollowsTheCastThenFusedPath(bool bf16Gradients)
     {
         // Our one-pass bf16 step (bf16 gradients in, fp32 masters and moments updated, bf16 parameters written) against
         // the path it replaces — gradients cast to fp32, libtorch's fused AdamW, masters copied into the model — over
@@ -198,7 +200,7 @@ public sealed class OptimizerTests
         {
             for (int step = 0; step < 6; step++)
             {
-                var grads = shapes.Select(s => (torch.randn(s) * 0.1).to(ScalarType.BFloat16)).ToList();
+                var grads = shapes.Select(s => (torch.randn(s) * 0.1).to(bf16Gradients ? ScalarType.BFloat16 : ScalarType.Float32)).ToList();
                 foreach (var (opt, on) in new[] { (mixed, true), (reference, false) })
                 {
                     AdamW.UseMixed = on;
