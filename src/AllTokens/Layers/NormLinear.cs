@@ -47,11 +47,20 @@ public static class NormLinear
         bool withGradient = FoldsWithInputGradient(norm, x);
         if (!withGradient && !Folds(norm, x)) return Dense.Forward(linear, norm.call(x));
         using var scope = torch.NewDisposeScope();
-        var gamma = norm.weight!;
         Tensor xhat;
         using (withGradient ? null : torch.no_grad()) // x̂ keeps its autograd only where x needs a gradient
-            xhat = nn.functional.layer_norm(x, [gamma.shape[0]], null, null, norm.eps);
-        var w = linear.weight! * gamma;                                // W·diag γ, [C, K]
+            xhat = nn.functional.layer_norm(x, [norm.weight!.shape[0]], null, null, norm.eps);
+        return scope.MoveToOuter(OnNormalized(norm, linear, xhat));
+    }
+
+    /// <summary>
+    /// The folded pair on an x̂ already normalised without affine (Layers/SoftSplit.NormalizedFromImage, where
+    /// <see cref="Folds"/> holds for the image): x̂·(W·diag γ)ᵀ + (W·β + b).
+    /// </summary>
+    internal static Tensor OnNormalized(LayerNorm norm, Linear linear, Tensor xhat)
+    {
+        using var scope = torch.NewDisposeScope();
+        var w = linear.weight! * norm.weight!;                         // W·diag γ, [C, K]
         var b = linear.weight!.matmul(norm.bias!);                     // W·β, [C]
         if (linear.bias is { } bias) b = Held.Add(b, bias);
         return scope.MoveToOuter(Dense.Forward(xhat, w, b));

@@ -71,7 +71,30 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
     {
         using var scope = torch.NewDisposeScope(); // frees what backward does not need on return (see Block)
         // kqv(norm1(x)); on the image's soft split in training, with norm1's affine folded into kqv (Layers/NormLinear).
-        var parts = NormLinear.Forward(norm1, kqv, x).split(emb, -1);
+        return scope.MoveToOuter(Attend(NormLinear.Forward(norm1, kqv, x)));
+    }
+
+    /// <summary>
+    /// The layer on the image's soft split (k, s, p), and the split itself where it was made (null where not): in
+    /// training, where norm1 folds into kqv (the image needs no gradient), the split comes normalised from the window
+    /// copy (Layers/SoftSplit.NormalizedFromImage) and the raw windows are never written.
+    /// </summary>
+    internal (Tensor? Windows, Tensor Output) ForwardOnImage(Tensor image, int kernel, int stride, int padding)
+    {
+        if (!NormLinear.Folds(norm1, image) || !SoftSplit.NormalizesWindows(image))
+        {
+            var windows = SoftSplit.FromImage(image, kernel, stride, padding);
+            return (windows, call(windows));
+        }
+        using var scope = torch.NewDisposeScope();
+        var xhat = SoftSplit.NormalizedFromImage(image, kernel, stride, padding, norm1.eps);
+        return (null, scope.MoveToOuter(Attend(NormLinear.OnNormalized(norm1, kqv, xhat))));
+    }
+
+    /// <summary>The rest of the layer from kqv(norm1(x)) [B, T, 3e] (in the caller's dispose scope).</summary>
+    private Tensor Attend(Tensor kqvOut)
+    {
+        var parts = kqvOut.split(emb, -1);
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
@@ -90,7 +113,7 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         var y = qpn.to(productType).matmul(kpv).to(v.dtype);                                                           // [B, T, e]
         y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
-        return scope.MoveToOuter(Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(NormLinear.Forward(norm2, fc1, y))))));
+        return Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(NormLinear.Forward(norm2, fc1, y)))));
     }
 
     /// <summary>

@@ -84,8 +84,15 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
             {
                 using var scope = torch.NewDisposeScope();
                 // The image's soft split as strided windows (Layers/SoftSplit: the same tokens, one copy fewer).
-                var s0 = SoftSplit.Strided ? SoftSplit.FromImage(x, 7, 4, 2) : soft_split0!.call(x).transpose(1, 2); // [B, (H/4)², 147]
-                var a1 = attention1!.call(s0);                                                         // [B, (H/4)², 64]
+                Tensor? s0;
+                Tensor a1;
+                if (SoftSplit.Strided && attention1 is TokenPerformer first)
+                    (s0, a1) = first.ForwardOnImage(x, 7, 4, 2); // in training the split comes normalised, s0 not written
+                else
+                {
+                    s0 = SoftSplit.Strided ? SoftSplit.FromImage(x, 7, 4, 2) : soft_split0!.call(x).transpose(1, 2); // [B, (H/4)², 147]
+                    a1 = attention1!.call(s0);                                                         // [B, (H/4)², 64]
+                }
                 // Soft split 1 straight from the tokens (Layers/SoftSplit: strided copies forward, a parallel backward).
                 var s1 = SoftSplit.Strided ? SoftSplit.OfTokens(a1, 3, 2, 1) : soft_split1!.call(Restructure(a1)).transpose(1, 2);
                 var a2 = attention2!.call(s1);                                                         // [B, (H/8)², 64]
@@ -93,7 +100,8 @@ public sealed class T2tModule : nn.Module<Tensor, Tensor>
                 var tokens = SoftSplit.ProjectAsConvolution && project is Linear lin
                     ? SoftSplit.LinearOfTokens(a2, lin, 3, 2, 1)
                     : Dense.Forward(project, soft_split2!.call(Restructure(a2)).transpose(1, 2));      // [B, (H/16)², E]
-                scope.MoveToOuter(s0, a1, a2);
+                if (s0 is not null) scope.MoveToOuter(s0);
+                scope.MoveToOuter(a1, a2);
                 return new T2tStages(scope.MoveToOuter(tokens), s0, a1, a2);
             }
             case T2tTokens.Convolution:

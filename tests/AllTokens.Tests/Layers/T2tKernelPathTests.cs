@@ -443,4 +443,57 @@ public class T2tKernelPathTests
         for (int i = 0; i < plainGrads.Length; i++) AssertClose(plainGrads[i], foldedGrads[i]);
         using (torch.no_grad()) AssertClose(plain, model.call(image)); // inference: no fold
     }
+
+    [Theory]
+    [InlineData(2, 3, 32, 32, 7, 4, 2)]   // T2T's first soft split at 32 px: 147 values a token
+    [InlineData(1, 2, 21, 17, 3, 2, 1)]   // odd sizes, 18 values (one vector and a tail)
+    [InlineData(1, 1, 12, 12, 4, 4, 0)]   // 16 values, no padding
+    public void NormalizedWindowsEqualLayerNormOfTheWindows(int b, int c, int h, int w, int k, int s, int p)
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(31);
+        var image = torch.randn(b, c, h, w) * 3 + 1;
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            var img = image.to(dtype);
+            Assert.Equal(dtype == ScalarType.Float32, SoftSplit.NormalizesWindows(img)); // bf16: libtorch's LayerNorm after the split
+            var fused = SoftSplit.NormalizedFromImage(img, k, s, p, 1e-5);
+            var windows = SoftSplit.FromImage(img, k, s, p);
+            var reference = nn.functional.layer_norm(windows.to(ScalarType.Float64), [windows.shape[2]], null, null, 1e-5);
+            Assert.Equal(windows.shape, fused.shape);
+            Assert.Equal(dtype, fused.dtype);
+            double err = (fused.to(ScalarType.Float64) - reference).abs().max().item<double>();
+            // fp32: float rounding; bf16: one rounding of values up to ~4 in size (2⁻⁸ relative).
+            Assert.True(err <= (dtype == ScalarType.Float32 ? 1e-5 : 4.0 / 128), $"{dtype}: off by {err:E3}");
+            var torchLn = nn.functional.layer_norm(windows, [windows.shape[2]], null, null, 1e-5);
+            double ulps = (fused.to(ScalarType.Float32) - torchLn.to(ScalarType.Float32)).abs().gt(reference.abs().to(ScalarType.Float32) / 64 + 1e-6)
+                .sum().item<long>();
+            Assert.Equal(0, ulps); // never more than a couple of bf16 steps from libtorch's LayerNorm
+        }
+    }
+
+    [Fact]
+    public void TheFirstPerformerNormalisesTheWindowsInTheCopyOnlyWhereTheFoldApplies()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(32);
+        using var layer = new TokenPerformer(147, 64);
+        layer.eval(); // no dropout draws
+        var image = torch.randn(2, 3, 32, 32);
+        var (windows, fused) = layer.ForwardOnImage(image, 7, 4, 2);       // grad mode, image without gradient: fused
+        Assert.Null(windows);
+        var g = torch.randn(fused.shape);
+        var fusedGrads = torch.autograd.grad([fused], layer.parameters().ToArray(), [g]);
+        var plainIn = SoftSplit.FromImage(image, 7, 4, 2);
+        var plain = layer.call(plainIn.detach().requires_grad_(true)); // an input that needs a gradient: the plain LayerNorm → kqv
+        var plainGrads = torch.autograd.grad([plain], layer.parameters().ToArray(), [g]);
+        AssertClose(plain, fused);
+        for (int i = 0; i < plainGrads.Count; i++) AssertClose(plainGrads[i], fusedGrads[i]);
+        using (torch.no_grad())
+        {
+            var (w2, y2) = layer.ForwardOnImage(image, 7, 4, 2);            // inference: the plain split, kept
+            Assert.NotNull(w2);
+            AssertClose(plain.detach(), y2);
+        }
+    }
 }
