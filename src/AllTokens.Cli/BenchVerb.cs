@@ -116,11 +116,9 @@ public static class BenchVerb
             if (bf16 || a.Flag("breakdown")) throw new UsageException("--paired-bf16 times both precisions itself; it does not combine with --bf16 or --breakdown");
             return RunPaired(a, io, info, name, res, batch, steps, warmup, classes, taskKind, fixedWarmup, device);
         }
-        torch.manual_seed(0);
-        using var model = info.Create(new Models.ModelOptions(classes, res));
+        using var model = SeededModel(info, classes, res);
         var task = BenchTask(model, taskKind, out string taskName);
-        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {(bf16 ? "bf16" : "fp32")}, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {steps} timed steps"));
+        io.Err.WriteLine(Banner(name, res, batch, bf16 ? "bf16" : "fp32", taskName, warmup, fixedWarmup, $"{steps} timed steps"));
         var r = Training.TrainBenchmark.Run(task, batch, res, steps, warmup, bf16, device, waitForJit: !fixedWarmup);
         IReadOnlyList<Training.StepPart>? parts = null;
         if (a.Flag("breakdown"))
@@ -162,17 +160,26 @@ public static class BenchVerb
         return 0;
     }
 
+    /// <summary>The model with the weights torch seed 0 gives, as every bench run starts from.</summary>
+    private static Models.ImageClassifier SeededModel(Models.ModelInfo info, int classes, int res)
+    {
+        torch.manual_seed(0);
+        return info.Create(new Models.ModelOptions(classes, res));
+    }
+
+    /// <summary>The line bench writes to stderr before timing a model.</summary>
+    private static string Banner(string name, int res, int batch, string precision, string taskName, int warmup, bool fixedWarmup, string timed) =>
+        string.Create(CultureInfo.InvariantCulture,
+            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {precision}, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {timed}");
+
     private static int RunPaired(ParsedArgs a, Console2 io, Models.ModelInfo info, string name, int res, int batch, int steps, int warmup,
         int classes, string taskKind, bool fixedWarmup, torch.Device device)
     {
-        torch.manual_seed(0);
-        using var fp32Model = info.Create(new Models.ModelOptions(classes, res));
-        torch.manual_seed(0); // the same weights in both copies
-        using var bf16Model = info.Create(new Models.ModelOptions(classes, res));
+        using var fp32Model = SeededModel(info, classes, res);
+        using var bf16Model = SeededModel(info, classes, res); // the same weights in both copies
         var fp32Task = BenchTask(fp32Model, taskKind, out string taskName);
         var bf16Task = BenchTask(bf16Model, taskKind, out _);
-        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, fp32 and bf16 train steps in turn, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {steps} timed pairs"));
+        io.Err.WriteLine(Banner(name, res, batch, "fp32 and bf16 train steps in turn", taskName, warmup, fixedWarmup, $"{steps} timed pairs"));
         var r = Training.TrainBenchmark.RunPairedBf16(fp32Task, bf16Task, batch, res, steps, warmup, device, waitForJit: !fixedWarmup);
         if (a.Flag("json"))
         {

@@ -31,7 +31,7 @@ public static class SoftSplit
     /// <summary>Image [B, C, H, W] → tokens [B, L, C·k²], L = output rows × output columns.</summary>
     public static Tensor FromImage(Tensor image, int kernel, int stride, int padding)
     {
-        _ = FromImageChecks(image, kernel, stride, padding);
+        CheckImage(image, kernel, stride, padding);
         if (ImageWindowsApply(image)) return ImageWindows(image, kernel, stride, padding);
         long b = image.shape[0], c = image.shape[1];
         var padded = padding == 0 ? image : nn.functional.pad(image, [padding, padding, padding, padding]);
@@ -89,17 +89,16 @@ public static class SoftSplit
             var x = FromImage(image, kernel, stride, padding);
             return nn.functional.layer_norm(x, [x.shape[2]], null, null, eps);
         }
-        _ = FromImageChecks(image, kernel, stride, padding);
+        CheckImage(image, kernel, stride, padding);
         return ImageWindows(image, kernel, stride, padding, (float)eps);
     }
 
-    private static bool FromImageChecks(Tensor image, int kernel, int stride, int padding)
+    private static void CheckImage(Tensor image, int kernel, int stride, int padding)
     {
         if (image.dim() != 4) throw new ArgumentException($"soft split needs a [B, C, H, W] image, got {image.dim()}-D");
         CheckWindow(kernel, stride, padding);
         if (image.shape[2] + 2 * padding < kernel || image.shape[3] + 2 * padding < kernel)
             throw new ArgumentException($"a {kernel}×{kernel} window does not fit a {image.shape[2]}×{image.shape[3]} image padded by {padding}");
-        return true;
     }
 
     private static unsafe Tensor ImageWindows(Tensor image, int kernel, int stride, int padding, float? normalizeEps = null)
@@ -141,7 +140,7 @@ public static class SoftSplit
         {
             long bi = r / windows, wi = r % windows;
             int y0 = (int)(wi / j->OutWidth) * s - p, x0 = (int)(wi % j->OutWidth) * s - p;
-            byte* dst = j->Out + r * c * k * rowBytes;
+            byte* token = j->Out + r * c * k * rowBytes, dst = token;
             byte* image = j->Image + bi * c * plane * size;
             bool inside = x0 >= 0 && x0 + k <= w;
             bool wideInside = wide && inside && (long)x0 * size + wideBytes <= (long)w * size;
@@ -174,7 +173,7 @@ public static class SoftSplit
                         else new ReadOnlySpan<byte>(row + (long)x * size, size).CopyTo(cell);
                     }
                 }
-            if (j->Normalize) NormalizeFloat((float*)(j->Out + r * c * k * rowBytes), c * k * k, j->Eps); // fp32 only (NormalizesWindows)
+            if (j->Normalize) NormalizeFloat((float*)token, c * k * k, j->Eps); // fp32 only (NormalizesWindows)
         }
     }
 
@@ -201,7 +200,6 @@ public static class SoftSplit
         for (i = 0; i + 16 <= n; i += 16) ((Vector512.Load(x + i) - vm) * vr).Store(x + i);
         for (; i < n; i++) x[i] = (x[i] - mean) * rstd;
     }
-
 
     /// <summary>
     /// Tokens [B, N, C] on a √N × √N grid (row-major) → <c>Unfold(k, s, p)(restructure(tokens)).transpose(1, 2)</c>
