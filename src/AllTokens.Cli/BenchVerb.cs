@@ -207,7 +207,7 @@ public static class BenchVerb
         {
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{name}: fp32 train step {r.MedianFp32StepSeconds * 1000:F0} ms ({batch / r.MedianFp32StepSeconds:F1} img/s), bf16 {r.MedianBf16StepSeconds * 1000:F0} ms " +
-                $"({batch / r.MedianBf16StepSeconds:F1} img/s); bf16 trains ×{r.MedianRatio:F2} faster by the median of {r.Pairs} pairs " +
+                $"({batch / r.MedianBf16StepSeconds:F1} img/s); bf16 trains at ×{r.MedianRatio:F2} the fp32 speed by the median of {r.Pairs} pairs " +
                 $"(quartiles ×{r.LowerQuartileRatio:F2}–×{r.UpperQuartileRatio:F2}); peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (both copies); untimed pairs {r.WarmupPairs}"));
         }
         return 0;
