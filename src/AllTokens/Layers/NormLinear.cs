@@ -49,7 +49,7 @@ public static class NormLinear
         using var scope = torch.NewDisposeScope();
         Tensor xhat;
         using (withGradient ? null : torch.no_grad()) // x̂ keeps its autograd only where x needs a gradient
-            xhat = nn.functional.layer_norm(x, [norm.weight!.shape[0]], null, null, norm.eps);
+            xhat = RowNorm.Normalize(x, norm.eps); // bf16: our kernel; otherwise libtorch's layer_norm without affine
         return scope.MoveToOuter(OnNormalized(norm, linear, xhat));
     }
 
