@@ -310,7 +310,9 @@ public static class RandomFeatures
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector512<float> ExpF(Vector512<float> x)
     {
-        var c = Vector512.Min(Vector512.Max(x, Vector512.Create(-175f)), Vector512.Create(89f)); // n stays in [−253, 129]
+        // The native min/max and conversion (one instruction each; .NET's Min/Max/ConvertToInt32 add NaN and saturation
+        // fix-ups): NaN is restored by the last line, and n is a whole number in [−253, 129].
+        var c = Vector512.MinNative(Vector512.MaxNative(x, Vector512.Create(-175f)), Vector512.Create(89f));
         var n = Vector512.Round(c * Vector512.Create(1.44269504088896341f));
         var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), c);
         r = Vector512.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
@@ -321,7 +323,7 @@ public static class RandomFeatures
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459e-1f));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201e-1f));
         p = Vector512.FusedMultiplyAdd(p, r * r, r) + Vector512<float>.One;
-        var ni = Vector512.ConvertToInt32(n);
+        var ni = Vector512.ConvertToInt32Native(n);
         var half = Vector512.ShiftRightArithmetic(ni, 1);
         var twoA = Vector512.ShiftLeft(half + Vector512.Create(127), 23).AsSingle();
         var twoB = Vector512.ShiftLeft(ni - half + Vector512.Create(127), 23).AsSingle();
