@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json;
 
 namespace AllTokens.Tests.Reliability;
@@ -65,6 +66,44 @@ public sealed class AllocatorTests
             {
                 Environment.SetEnvironmentVariable(name, saved);
             }
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MallInfo2
+    {
+        public nuint Arena, OrdBlks, SmBlks, HBlks, HBlkHd, UsmBlks, FsmBlks, UordBlks, FordBlks, KeepCost;
+    }
+
+    [DllImport("libc", EntryPoint = "mallinfo2")] private static extern MallInfo2 MallInfo();
+    [DllImport("libc", EntryPoint = "mallopt")] private static extern int MallOpt(int parameter, int value);
+    [DllImport("libc", EntryPoint = "malloc_trim")] private static extern int MallocTrim(nuint pad);
+
+    /// <summary>Bytes in glibc's fastbins (all arenas) after freeing 512 small blocks (past the per-thread cache).</summary>
+    private static unsafe ulong FastbinBytesAfterSmallFrees()
+    {
+        MallocTrim(0); // merges what the fastbins hold now, in every arena
+        var blocks = new nint[512];
+        for (int i = 0; i < blocks.Length; i++) blocks[i] = (nint)NativeMemory.Alloc(48);
+        foreach (var b in blocks) NativeMemory.Free((void*)b);
+        return MallInfo().FsmBlks;
+    }
+
+    [Fact]
+    public void SmallFreesSkipTheFastbins()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        if ((Environment.GetEnvironmentVariable("GLIBC_TUNABLES") ?? "").Contains("glibc.malloc.", StringComparison.Ordinal)) return;
+        try
+        {
+            MallOpt(1, 128); // M_MXFAST at glibc's default: the measurement sees fastbin blocks
+            Assert.True(FastbinBytesAfterSmallFrees() > 0, "with glibc's fastbins, freed small blocks should sit in them");
+            Assert.True(NativeEnvironment.ConfigureAllocator());
+            Assert.Equal(0UL, FastbinBytesAfterSmallFrees());
+        }
+        catch (EntryPointNotFoundException)
+        {
+            // not glibc (or older than 2.33, without mallinfo2): nothing to check
         }
     }
 }
