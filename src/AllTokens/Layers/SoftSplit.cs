@@ -278,6 +278,8 @@ public static class SoftSplit
         {
             var g = (TokenGrid)ctx.get_data("grid");
             var dtype = (ScalarType)ctx.get_data("dtype");
+            // A gather per token on the OpenMP team where AVX-512 is there (Layers/TokenSplitGradient); strided adds here otherwise.
+            if (TokenSplitGradient.Applies(gradOutput, dtype, g.Channels)) return [TokenSplitGradient.Backward(gradOutput, g), null!];
             using var scope = torch.NewDisposeScope();
             var sumType = dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : dtype;
             long paddedSide = g.Side + 2 * g.Padding, span = g.Span;

@@ -248,6 +248,59 @@ public class T2tKernelPathTests
         }
     }
 
+    [Theory]
+    [InlineData(2, 8, 64, 3, 2, 1)]  // T2T's soft split 1: four full 16-channel blocks, 1–4 windows a token
+    [InlineData(1, 7, 20, 3, 2, 1)]  // a block and a 4-channel tail, odd grid
+    [InlineData(2, 6, 5, 3, 1, 1)]   // tail only, stride 1 (up to 9 windows a token)
+    [InlineData(1, 10, 16, 3, 3, 0)] // tokens no window covers (the last row and column): zero gradient
+    [InlineData(1, 5, 33, 7, 4, 2)]  // T2T's 7/4/2 geometry
+    public void TokenSoftSplitGatherGradientMatchesTheStridedAdds(int b, int side, int c, int k, int s, int p)
+    {
+        // The gather (Layers/TokenSplitGradient) against the strided adds, fp32 and bf16, and both against fp64.
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(28);
+        var tokens = torch.randn(b, side * side, c);
+        long outSide = (side + 2 * p - k) / s + 1;
+        var g = torch.randn(b, outSide * outSide, c * k * k);
+        var t64 = tokens.to(ScalarType.Float64).requires_grad_(true);
+        UnfoldOfTokens(t64, side, k, s, p).backward([g.to(ScalarType.Float64)]);
+        var exact = t64.grad!;
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            Tensor Gradient(bool gather)
+            {
+                bool was = TokenSplitGradient.Enabled;
+                TokenSplitGradient.Enabled = gather;
+                try
+                {
+                    var t = tokens.to(dtype).detach().requires_grad_(true);
+                    SoftSplit.OfTokens(t, k, s, p).backward([g.to(dtype)]);
+                    return t.grad!.to(ScalarType.Float64);
+                }
+                finally { TokenSplitGradient.Enabled = was; }
+            }
+            Assert.True(TokenSplitGradient.Applies(g.to(dtype), dtype, c) || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported);
+            var gathered = Gradient(true);
+            var added = Gradient(false);
+            // bf16: the gradient's inputs are rounded, so compare with the exact sum of the rounded window gradients.
+            var reference = dtype == ScalarType.Float32 ? exact : ExactOfRounded(g.to(dtype), side, k, s, p, tokens.shape);
+            double tol = dtype == ScalarType.Float32 ? 1e-5 : Math.Pow(2, -8) * 1.001;
+            foreach (var (name, got) in new[] { ("gather", gathered), ("strided adds", added) })
+            {
+                var err = (got - reference).abs() / reference.abs().clamp_min(1e-3);
+                Assert.True(err.max().item<double>() <= tol, $"{dtype} {name}: worst relative error {err.max().item<double>():E3}");
+            }
+        }
+    }
+
+    /// <summary>The exact (fp64) token gradient for window gradients already rounded to bf16.</summary>
+    private static Tensor ExactOfRounded(Tensor g, int side, int k, int s, int p, long[] shape)
+    {
+        var t = torch.zeros(shape, dtype: ScalarType.Float64).requires_grad_(true);
+        UnfoldOfTokens(t, side, k, s, p).backward([g.to(ScalarType.Float64)]);
+        return t.grad!;
+    }
+
     [Fact]
     public void Bf16TokenSoftSplitSumsItsGradientInFp32()
     {
