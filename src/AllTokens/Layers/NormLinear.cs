@@ -7,7 +7,7 @@ namespace AllTokens.Layers;
 /// <summary>
 /// Linear(LayerNorm(x)) when x needs no gradient — the image's soft split entering the first T2T layer in training —
 /// with the LayerNorm's affine folded into the linear: (x̂⊙γ + β)·Wᵀ + b = x̂·(W·diag γ)ᵀ + (W·β + b), x̂ = (x − μ)/σ.
-/// x̂ is computed outside autograd (libtorch's own layer_norm, without affine), so the backward runs neither the
+/// x̂ is computed outside autograd (layer_norm without affine: <see cref="RowNorm"/> in bf16, libtorch's otherwise), so the backward runs neither the
 /// LayerNorm's backward over every token nor the linear's input-gradient GEMM, which nothing upstream needs; γ, β, W and
 /// b get their gradients through the two small folded tensors. t2t_vit_7's first soft split + LayerNorm(147) +
 /// Linear(147, 192), batch 8 at 224 px, forward + backward, 2 Zen 4 cores: fp32 31 vs 42 ms, bf16 18 vs 26 ms
@@ -31,7 +31,7 @@ public static class NormLinear
 
     /// <summary>
     /// Whether <see cref="Forward"/> folds an input that needs a gradient: bf16 on a CPU in training. x̂ then keeps its
-    /// autograd (libtorch's LayerNorm without affine, forward and backward), and the affine moves into the linear as
+    /// autograd (the LayerNorm without affine, forward and backward: <see cref="RowNorm"/>'s kernel), and the affine moves into the linear as
     /// above. libtorch's bf16 LayerNorm is much slower with an affine than without (forward + backward ×1.34–1.50 at
     /// widths 64, 256 and 576; the fp32 one is not, ×0.86–1.02, so fp32 keeps the plain pair).
     /// </summary>
