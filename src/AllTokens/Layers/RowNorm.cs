@@ -52,7 +52,7 @@ public static unsafe class RowNorm
         long c = x.shape[^1], rows = x.numel() / c;
         var y = torch.empty(x.shape, dtype: ScalarType.BFloat16);
         stats = torch.empty([rows, 2], dtype: ScalarType.Float32);
-        var job = new Job { X = (ushort*)Address(xc), Y = (ushort*)Address(y), Stats = (float*)Address(stats), C = (int)c, Eps = (float)eps };
+        var job = new Job { X = (ushort*)TensorMemory.Address(xc), Y = (ushort*)TensorMemory.Address(y), Stats = (float*)TensorMemory.Address(stats), C = (int)c, Eps = (float)eps };
         OpenMpTeam.For(rows, Grain(c), &ForwardRows, &job);
         return y;
     }
@@ -65,15 +65,9 @@ public static unsafe class RowNorm
         using var gc = gt.contiguous();
         long c = x.shape[^1], rows = x.numel() / c;
         var dx = torch.empty(x.shape, dtype: ScalarType.BFloat16);
-        var job = new Job { X = (ushort*)Address(xc), G = (ushort*)Address(gc), Y = (ushort*)Address(dx), Stats = (float*)Address(stats), C = (int)c };
+        var job = new Job { X = (ushort*)TensorMemory.Address(xc), G = (ushort*)TensorMemory.Address(gc), Y = (ushort*)TensorMemory.Address(dx), Stats = (float*)TensorMemory.Address(stats), C = (int)c };
         OpenMpTeam.For(rows, Grain(c), &BackwardRows, &job);
         return dx;
-    }
-
-    /// <summary>The first element of a contiguous CPU tensor (native memory: pinning is a no-op, valid while t lives).</summary>
-    private static void* Address(Tensor t)
-    {
-        fixed (byte* p = t.bytes) return p;
     }
 
     /// <summary>Rows per unit of work: about 4,096 values.</summary>

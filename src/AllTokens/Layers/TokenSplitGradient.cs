@@ -38,17 +38,12 @@ internal static unsafe class TokenSplitGradient
         long windows = g.OutSide * g.OutSide;
         var job = new Job
         {
-            Src = Address(src), Dst = Address(grad), Side = g.Side, OutSide = g.OutSide, Channels = g.Channels,
+            Src = TensorMemory.Address(src), Dst = TensorMemory.Address(grad), Side = g.Side, OutSide = g.OutSide, Channels = g.Channels,
             Features = g.Channels * g.Kernel * g.Kernel, Windows = windows, LastWindow = g.Batch * windows - 1,
             Kernel = g.Kernel, Stride = g.Stride, Padding = g.Padding, Bf16 = gradOutput.dtype == ScalarType.BFloat16,
         };
         OpenMpTeam.For(g.Batch * g.Side, 4, &Rows, &job); // a unit: one row of one image's tokens
         return grad;
-    }
-
-    private static byte* Address(Tensor t)
-    {
-        fixed (byte* p = t.bytes) return p; // native memory: pinning is a no-op, valid while t lives
     }
 
     /// <summary>The windows covering padded coordinate <paramref name="pos"/> along one axis: first and last index.</summary>

@@ -77,9 +77,9 @@ internal static unsafe class MixedAdamW
                 throw new InvalidOperationException($"AdamW state of {p.Name} is not contiguous fp32");
             segments[count++] = new Segment
             {
-                Master = (float*)Address(p.Value), ExpAvg = (float*)Address(m), ExpAvgSq = (float*)Address(v),
-                Grad = Address(p.Grad!), GradBf16 = p.Grad!.dtype == ScalarType.BFloat16,
-                Model = p.Shadow is { } s ? (ushort*)Address(s) : null,
+                Master = (float*)TensorMemory.Address(p.Value), ExpAvg = (float*)TensorMemory.Address(m), ExpAvgSq = (float*)TensorMemory.Address(v),
+                Grad = TensorMemory.Address(p.Grad!), GradBf16 = p.Grad!.dtype == ScalarType.BFloat16,
+                Model = p.Shadow is { } s ? (ushort*)TensorMemory.Address(s) : null,
                 Start = total, Length = n,
                 Decay = (float)(1 - lr * weightDecay),
                 StepSize = (float)(lr / (1 - Math.Pow(beta1, p.Steps))),
@@ -97,12 +97,6 @@ internal static unsafe class MixedAdamW
             };
             OpenMpTeam.For(total, 1024, &Run, &job);
         }
-    }
-
-    /// <summary>The first element of a contiguous tensor (native memory: pinning is a no-op; valid while the tensor lives).</summary>
-    private static byte* Address(Tensor t)
-    {
-        fixed (byte* p = t.bytes) return p;
     }
 
     /// <summary>Elements [from, to) of the job's flat range, parameter by parameter.</summary>
