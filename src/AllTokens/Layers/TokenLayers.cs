@@ -98,19 +98,17 @@ public sealed class TokenPerformer : nn.Module<Tensor, Tensor>
         Tensor k = parts[0], q = parts[1], v = parts[2];                      // each [B, T, e]
         var kp = PrmExp(k);
         var qp = PrmExp(q);
-        // d_t = φ(q_t)·Σ_s φ(k_s) as a broadcast multiply and a row sum: libtorch ran the batched matrix-vector product
-        // (bmm of [B, T, m] by [B, m, 1]) on one thread (Performer forward + backward of this part: 4.5–5.3 vs 6.4–6.8 ms).
-        var d = qp.mul(kp.sum(1).unsqueeze(1)).sum(-1, keepdim: true);        // [B, T, 1], fp32
-        // (qp·kptvᵀ)/(d + ε), with the row scaling applied to qp [B, T, m] rather than the wider product [B, T, e].
-        using var eps = Epsilon.ToScalar();
-        var qpn = qp.div(Held.Add(d, eps));
         // y = (φ(q)·Mᵀ)/d with M = Σ_t v_t ⊗ φ(k_t). Under bf16 the two token-wide products take bf16 inputs (fp32
         // accumulation), as autocast runs the original's einsums (bmm) in reduced precision whatever .float() says; the
         // exponent and the normaliser d stay fp32. An fp32 model computes them in fp32 and casts y back.
         var productType = v.dtype == ScalarType.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        // (qp·kptvᵀ)/(d + ε) with d_t = φ(q_t)·Σ_s φ(k_s), the row scaling applied to qp [B, T, m] rather than the wider
+        // product [B, T, e], in one pass forward and one backward (Layers/FeatureNormalizer; as a broadcast multiply and
+        // a row sum where it does not apply: libtorch ran the batched matrix-vector product on one thread).
+        var qpn = FeatureNormalizer.Normalize(qp, kp.sum(1), Epsilon, productType);                               // [B, T, m]
         var kpv = FeatureValuesFunction ? FeatureValues.Product(kp.to(productType), v.to(productType))                   // [B, m, e]
             : v.to(productType).transpose(1, 2).matmul(kp.to(productType)).transpose(1, 2);
-        var y = qpn.to(productType).matmul(kpv).to(v.dtype);                                                           // [B, T, e]
+        var y = qpn.matmul(kpv).to(v.dtype);                                                                           // [B, T, e]
         y = Held.Add(v, FastDropout.Apply(dp, Dense.Forward(proj, y)));
         var (fc1, act, fc2, drop) = mlpLayers;
         return Held.Add(y, FastDropout.Apply(drop, Dense.Forward(fc2, act.call(NormLinear.Forward(norm2, fc1, y)))));
