@@ -7,8 +7,7 @@ namespace AllTokens.Tests.Layers;
 /// <summary>The Performer's fused row normalisation φ/(φ·s + ε) against the composition it replaces, in fp64.</summary>
 public class FeatureNormalizerTests
 {
-    private static double RelativeError(Tensor actual, Tensor expected) =>
-        ((actual.to(ScalarType.Float64) - expected).abs().max() / expected.abs().max()).item<double>();
+    private static double RelativeError(Tensor actual, Tensor expected) => RowNormTests.RelativeError(actual, expected);
 
     [Theory]
     [InlineData(2, 37, 32, ScalarType.Float32)]   // T2T's m = 32 over an odd token count

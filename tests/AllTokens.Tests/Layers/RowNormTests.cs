@@ -10,8 +10,8 @@ namespace AllTokens.Tests.Layers;
 /// </summary>
 public class RowNormTests
 {
-    /// <summary>max |a − b| / max |b|, in fp64.</summary>
-    private static double RelativeError(Tensor actual, Tensor expected) =>
+    /// <summary>max |a − b| / max |b|, in fp64 (also used by FeatureNormalizerTests).</summary>
+    internal static double RelativeError(Tensor actual, Tensor expected) =>
         ((actual.to(ScalarType.Float64) - expected).abs().max() / expected.abs().max()).item<double>();
 
     [Theory]
