@@ -25,6 +25,7 @@ public static class CliCommon
     {
         int? t = a.Int("threads", 1, 1024);
         if (t is not null) torch.set_num_threads(t.Value);
+        Layers.Denormals.Flush();
     }
 
     /// <summary>

@@ -160,7 +160,7 @@ public static unsafe class OpenMpTeam
     }
 
     /// <summary>Files mapped into this process (the last field of /proc/self/maps lines that name a path).</summary>
-    private static IEnumerable<string> LoadedLibraries()
+    internal static IEnumerable<string> LoadedLibraries()
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var line in File.ReadLines("/proc/self/maps"))
