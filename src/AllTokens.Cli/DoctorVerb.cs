@@ -33,6 +33,8 @@ public static class DoctorVerb
         // NativeEnvironment.ConfigureAllocator ran at start (Program.Main); in-process callers of Run see the host's setting.
         report["malloc"] = NativeEnvironment.AllocatorConfigured ? "heap kept between steps" : "glibc defaults";
         report["kernel_threads"] = OpenMpTeam.RuntimePath is { } omp ? $"libtorch's OpenMP team ({Path.GetFileName(omp)})" : "Parallel.For";
+        report["cpu"] = CpuModel.Describe();
+        report["bf16_linears"] = Dense.Bf16Path;
         report["cuda"] = torch.cuda.is_available();
         report["fonts"] = Drawing.Typeface is null ? "none (pictures without text; install fonts-dejavu-core)" : Drawing.Typeface.FamilyName;
         report["fashion_mnist"] = File.Exists(Path.Combine(FashionMnistDir, "train-images-idx3-ubyte.gz"))

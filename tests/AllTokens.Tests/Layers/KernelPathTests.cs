@@ -25,13 +25,14 @@ public class KernelPathTests
     [InlineData(new long[] { 4, 49, 96 }, 37, false)]     // odd sizes, no bias
     [InlineData(new long[] { 300, 64 }, 10, true)]        // 2-D input
     [InlineData(new long[] { 2, 3, 40, 16 }, 8, true)]    // 4-D input
-    public void LinearAsConvolutionMatchesTheLinear(long[] shape, long outFeatures, bool bias)
+    [InlineData(new long[] { 2, 197, 256 }, 512, true)]   // t2t_vit_7's fc1 (oneDNN's kernel wrong on a Zen 5 VM)
+    public void LinearAsConvolutionMatchesTheLinearWhereTheCheckSaysSo(long[] shape, long outFeatures, bool bias)
     {
         using var _ = torch.NewDisposeScope();
         torch.manual_seed(7);
         var lin = nn.Linear(shape[^1], outFeatures, hasBias: bias);
         var x = torch.randn(shape);
-        // The forward takes the convolution where the product is large enough (MinMacs); the kernel is exact at any size.
+        // The forward takes the convolution where the product is large enough (MinMacs).
         long rows = x.numel() / shape[^1];
         Assert.Equal(rows >= Dense.MinRows && rows * shape[^1] * outFeatures >= Dense.MinMacs, Dense.TakesConvPath(lin, x));
 
@@ -42,14 +43,74 @@ public class KernelPathTests
         var (gx1, gw1, gb1) = (x1.grad!.clone(), lin.weight!.grad!.clone(), lin.bias?.grad?.clone());
         lin.zero_grad();
 
+        // oneDNN's kernel itself, beside the check's verdict on it: the two must agree, the check seeing the same
+        // outputs and gradients this comparison does.
         var x2 = x.detach().requires_grad_(true);
         var y2 = Dense.AsConvolution(lin, x2);
         y2.backward([g]);
-        AssertClose(y1, y2);
-        AssertClose(gx1, x2.grad!);
+        bool kernelRight = IsClose(y1, y2) && IsClose(gx1, x2.grad!) && IsClose(gw1, lin.weight!.grad!) && (!bias || IsClose(gb1!, lin.bias!.grad!));
+        lin.zero_grad();
+        using (torch.enable_grad())
+            Assert.Equal(kernelRight, Dense.Agrees(lin.weight!, lin.bias, x.detach().requires_grad_(true), gradient: true));
+        Assert.Equal(lin.weight!.shape, new long[] { outFeatures, shape[^1] }); // the parameter keeps the Linear's shape
+
+        // What the models call gives the linear's values and gradients whatever the kernel did.
+        var x3 = x.detach().requires_grad_(true);
+        var y3 = Dense.Forward(lin, x3);
+        y3.backward([g]);
+        AssertClose(y1, y3);
+        AssertClose(gx1, x3.grad!);
         AssertClose(gw1, lin.weight!.grad!);
         if (bias) AssertClose(gb1!, lin.bias!.grad!);
-        Assert.Equal(lin.weight!.shape, new long[] { outFeatures, shape[^1] }); // the parameter keeps the Linear's shape
+    }
+
+    private static bool IsClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
+    {
+        double err = (expected - actual).abs().max().item<float>();
+        return err <= atol + rtol * expected.abs().max().item<float>();
+    }
+
+    [Fact]
+    public void AConvolutionThatDisagreesLeavesItsShapeToThePlainLinear()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(8);
+        var lin = nn.Linear(256, 512);
+        var x = torch.randn(8, 197, 256).requires_grad_(true);
+        Assert.True(Dense.TakesConvPath(lin, x));
+        var original = Dense.CheckedConvolution;
+        Dense.ForgetCheckedShapes();
+        try
+        {
+            // A kernel off by 1 % in one output column, as a wrong tail block would be.
+            var mask = torch.ones(512);
+            mask[300] = torch.tensor(1.01f);
+            Dense.CheckedConvolution = (w, b, input) => original(w, b, input) * mask;
+            var y = Dense.Forward(lin, x);
+            var shape = Dense.ShapeOf(lin.weight!, lin.bias, x);
+            Assert.True(shape.Gradient);
+            Assert.False(Dense.CheckedShapes[shape]);
+            Assert.Equal(0.0, (y - lin.call(x)).abs().max().item<float>()); // the plain linear, bit for bit
+            // Without autograd it is another shape: checked apart, here again against the faulty kernel.
+            using (torch.no_grad()) Dense.Forward(lin, x);
+            Assert.Equal(2, Dense.CheckedShapes.Count);
+            Assert.All(Dense.CheckedShapes.Values, Assert.False);
+
+            // A right kernel passes and is used from then on; a second call does not check again.
+            Dense.CheckedConvolution = original;
+            Dense.ForgetCheckedShapes();
+            var y2 = Dense.Forward(lin, x);
+            bool sound = Dense.CheckedShapes[shape];
+            Assert.Equal(sound, Dense.Agrees(lin.weight!, lin.bias, x, gradient: true));
+            Dense.CheckedConvolution = (w, b, input) => throw new InvalidOperationException("checked twice");
+            Dense.Forward(lin, x);
+            AssertClose(lin.call(x), y2);
+        }
+        finally
+        {
+            Dense.CheckedConvolution = original;
+            Dense.ForgetCheckedShapes();
+        }
     }
 
     [Theory]
@@ -146,10 +207,20 @@ public class KernelPathTests
         Assert.False(Dense.TakesConvPath(small, torch.randn(4, 100, 16)));               // rows enough, too little work
         var bf = nn.Linear(256, 1024);
         bf.to(ScalarType.BFloat16);
-        // bf16 with autograd from Bf16TrainingMinMacs (2·MinMacs), without from MinMacs.
-        Assert.False(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
-        Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 2, 64, 256 }, dtype: ScalarType.BFloat16)));
-        using (torch.no_grad()) Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+        WithBf16Convolution(true, () =>
+        {
+            // bf16 with autograd from Bf16TrainingMinMacs (2·MinMacs), without from MinMacs.
+            Assert.False(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+            Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 2, 64, 256 }, dtype: ScalarType.BFloat16)));
+            using (torch.no_grad()) Assert.True(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+        });
+        WithBf16Convolution(false, () =>
+        {
+            // Where the matmul wins (Zen 5), no bf16 linear takes the convolution; fp32 still does.
+            Assert.False(Dense.TakesConvPath(bf, torch.randn(new long[] { 2, 64, 256 }, dtype: ScalarType.BFloat16)));
+            using (torch.no_grad()) Assert.False(Dense.TakesConvPath(bf, torch.randn(new long[] { 1, 64, 256 }, dtype: ScalarType.BFloat16)));
+            Assert.True(Dense.TakesConvPath(lin, torch.randn(Dense.MinRows, 256)));
+        });
         Assert.False(Dense.TakesConvPath(lin, torch.randn(new long[] { 4, 100, 256 }, dtype: ScalarType.BFloat16))); // dtypes differ
         Assert.False(Dense.TakesConvPath(lin, torch.randn(new long[] { 4, 100, 256 }, dtype: ScalarType.Float64)));
         Assert.False(Dense.TakesConvPath(lin, torch.randn(4, 100, 255)));                 // wrong width: the Linear's own error
@@ -166,11 +237,43 @@ public class KernelPathTests
         lin.to(ScalarType.BFloat16);
         var x = torch.randn(new long[] { 8, 197, 240 }).to(ScalarType.BFloat16);
         using var noGrad = torch.no_grad();
-        Assert.True(Dense.TakesConvPath(lin, x));
-        var viaConv = Dense.Forward(lin, x);
+        Tensor viaConv = null!;
+        WithBf16Convolution(true, () =>
+        {
+            Assert.True(Dense.TakesConvPath(lin, x));
+            viaConv = Dense.Forward(lin, x);
+        });
         Assert.Equal(new long[] { 8, 197, 72 }, viaConv.shape);
         var exact = nn.functional.linear(x.to(ScalarType.Float32), lin.weight!.to(ScalarType.Float32), lin.bias?.to(ScalarType.Float32));
         AssertBf16NoFurtherThanMatmul(exact, viaConv, lin.call(x), "output");
+    }
+
+    private static void WithBf16Convolution(bool on, Action body)
+    {
+        bool was = Dense.Bf16Convolution;
+        Dense.Bf16Convolution = on;
+        try { body(); }
+        finally { Dense.Bf16Convolution = was; }
+    }
+
+    [Theory]
+    [InlineData(null, false, true)]      // Zen 4, Intel: the convolution
+    [InlineData(null, true, false)]      // Zen 5 and later: the matmul
+    [InlineData("conv", true, true)]
+    [InlineData(" Matmul ", false, false)]
+    [InlineData("other", true, false)]   // not a setting: the CPU decides
+    public void Bf16LinearPathFollowsTheCpuUnlessSet(string? setting, bool zen5, bool convolution) =>
+        Assert.Equal(convolution, Dense.DefaultBf16Convolution(setting, zen5));
+
+    [Theory]
+    [InlineData(0x00A10F11, 0x19)] // EPYC Genoa (Zen 4): base 0xF + extended 0xA
+    [InlineData(0x00B00F21, 0x1A)] // EPYC Turin (Zen 5)
+    [InlineData(0x000806F8, 0x6)]  // Xeon Sapphire Rapids: base 6, extended ignored
+    public void DisplayFamilyAddsTheExtendedFamilyOnlyToBaseF(int eax, int family)
+    {
+        Assert.Equal(family, CpuModel.DisplayFamily(eax));
+        Assert.Equal(family >= 0x1A, CpuModel.IsAmdZen5OrLaterFamily("AuthenticAMD", family));
+        Assert.False(CpuModel.IsAmdZen5OrLaterFamily("GenuineIntel", family));
     }
 
     /// <summary>
@@ -206,8 +309,9 @@ public class KernelPathTests
         var ps = bias ? new[] { lin.weight!, lin.bias! } : new[] { lin.weight! };
         List<Tensor> Run(bool conv)
         {
-            bool was = Dense.Bf16Training;
+            bool was = Dense.Bf16Training, wasConv = Dense.Bf16Convolution;
             Dense.Bf16Training = conv;
+            Dense.Bf16Convolution = true;
             try
             {
                 var x = x0.detach().requires_grad_(true);
@@ -216,7 +320,7 @@ public class KernelPathTests
                 var grads = torch.autograd.grad([y], [x, .. ps], [g]);
                 return [y.detach(), .. grads];
             }
-            finally { Dense.Bf16Training = was; }
+            finally { Dense.Bf16Training = was; Dense.Bf16Convolution = wasConv; }
         }
         var viaConv = Run(true);
         var viaMatmul = Run(false);
