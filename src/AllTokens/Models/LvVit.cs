@@ -75,7 +75,7 @@ public sealed class PatchEmbed4_2 : nn.Module<Tensor, Tensor>
         x = relu.call(BatchNorms.Forward(bn1, conv1.call(x)));   // [B, c, H/2, W/2]
         x = relu.call(BatchNorms.Forward(bn2, conv2.call(x)));
         x = relu.call(BatchNorms.Forward(bn3, conv3.call(x)));
-        return scope.MoveToOuter(proj.call(x));    // [B, D, H/16, W/16]
+        return scope.MoveToOuter(PatchProjection.Forward(proj, x)); // [B, D, H/16, W/16]: the 8×8/s8 projection as a linear over patches
     }
 }
 
