@@ -18,6 +18,7 @@ public static class BenchVerb
         new OptionSpec("fixed-warmup", null, "model mode: exactly --warmup untimed steps, without waiting for the JIT"),
         new OptionSpec("num-classes", "N", "classifier width (model mode)", "1000"),
         new OptionSpec("bf16", null, "bf16 compute with fp32 master weights (model mode)"),
+        new OptionSpec("paired-task", null, "model mode (LV-ViT models): train the token-labeling + MixToken step and the plain cross-entropy step of one model in turn, and print what token labeling costs over cross-entropy, pair by pair (median and quartiles); --steps counts pairs"),
         new OptionSpec("paired-bf16", null, "model mode: train an fp32 and a bf16 copy of the model in one process, one step of each in turn, and print how many times faster bf16 trains, pair by pair (median and quartiles): steadier than separate runs on a machine whose speed drifts; --steps counts pairs"),
         new OptionSpec("breakdown", null, "model mode: also time each part of the train step alone (stem or T2T module, every block, head, optimizer), forward + backward; with --bf16 in bf16, the optimizer on fp32 masters"),
         new OptionSpec("task", "ce|auto", "model mode: 'auto' uses the token-labeling step for LV-ViT models (as in their training), 'ce' plain cross-entropy", "auto"),
@@ -111,6 +112,14 @@ public static class BenchVerb
         bool bf16 = a.Flag("bf16");
         bool fixedWarmup = a.Flag("fixed-warmup");
         string taskKind = a.Choice("task", "auto", "ce");
+        if (a.Flag("paired-task"))
+        {
+            if (bf16 || a.Flag("breakdown") || a.Flag("paired-bf16"))
+                throw new UsageException("--paired-task times two fp32 steps itself; it does not combine with --bf16, --breakdown or --paired-bf16");
+            if (a.Flag("task"))
+                throw new UsageException("--paired-task times both tasks (token labeling and cross-entropy); leave --task out");
+            return RunPairedTask(a, io, info, name, res, batch, steps, warmup, classes, fixedWarmup, device);
+        }
         if (a.Flag("paired-bf16"))
         {
             if (bf16 || a.Flag("breakdown")) throw new UsageException("--paired-bf16 times both precisions itself; it does not combine with --bf16 or --breakdown");
@@ -171,6 +180,47 @@ public static class BenchVerb
     private static string Banner(string name, int res, int batch, string precision, string taskName, int warmup, bool fixedWarmup, string timed) =>
         string.Create(CultureInfo.InvariantCulture,
             $"bench: {name} at {res} px, batch {batch}, {torch.get_num_threads()} threads, {precision}, {taskName}; {warmup}{(fixedWarmup || warmup == 0 ? "" : "+")} warmup + {timed}");
+
+    private static int RunPairedTask(ParsedArgs a, Console2 io, Models.ModelInfo info, string name, int res, int batch, int steps, int warmup,
+        int classes, bool fixedWarmup, torch.Device device)
+    {
+        using var model = SeededModel(info, classes, res);
+        if (!model.HasTokenHead)
+            throw new UsageException($"--paired-task: {name} has no token head, so no token-labeling step to time (use an LV-ViT model)");
+        var tokenTask = BenchTask(model, "auto", out string taskName);
+        var ceTask = BenchTask(model, "ce", out string ceName);
+        io.Err.WriteLine(Banner(name, res, batch, $"fp32, {taskName} and {ceName} steps in turn", "one model", warmup, fixedWarmup, $"{steps} timed pairs"));
+        var r = Training.TrainBenchmark.RunPairedTasks(ceTask, tokenTask, batch, res, steps, warmup, device, waitForJit: !fixedWarmup);
+        if (a.Flag("json"))
+        {
+            io.Out.WriteLine(JsonSerializer.Serialize(new
+            {
+                impl = "alltokens",
+                model = name,
+                res,
+                batch,
+                threads = torch.get_num_threads(),
+                task = taskName,
+                baseline = ceName,
+                pairs = r.Pairs,
+                warmup_pairs = r.WarmupPairs,
+                baseline_median_step_s = r.MedianBaselineStepSeconds,
+                task_median_step_s = r.MedianTaskStepSeconds,
+                paired_overhead_median = r.MedianOverhead,
+                paired_overhead_q1 = r.LowerQuartileOverhead,
+                paired_overhead_q3 = r.UpperQuartileOverhead,
+                peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
+            }));
+        }
+        else
+        {
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{name}: {ceName} step {r.MedianBaselineStepSeconds * 1000:F0} ms, {taskName} step {r.MedianTaskStepSeconds * 1000:F0} ms; " +
+                $"{taskName} costs {100 * r.MedianOverhead:+0.0;-0.0} % over {ceName} by the median of {r.Pairs} pairs " +
+                $"(quartiles {100 * r.LowerQuartileOverhead:+0.0;-0.0} to {100 * r.UpperQuartileOverhead:+0.0;-0.0} %); untimed pairs {r.WarmupPairs}"));
+        }
+        return 0;
+    }
 
     private static int RunPaired(ParsedArgs a, Console2 io, Models.ModelInfo info, string name, int res, int batch, int steps, int warmup,
         int classes, string taskKind, bool fixedWarmup, torch.Device device)

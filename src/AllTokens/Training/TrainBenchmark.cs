@@ -26,6 +26,16 @@ public sealed record BenchmarkResult(double TrainImagesPerSecond, double InferIm
 public sealed record PairedBf16Result(double MedianFp32StepSeconds, double MedianBf16StepSeconds, double MedianRatio,
     double LowerQuartileRatio, double UpperQuartileRatio, int Batch, int Resolution, int Pairs, int WarmupPairs, long PeakRssBytes);
 
+/// <summary>Result of <see cref="TrainBenchmark.RunPairedTasks"/>: a task's train step against a baseline's on the same model.</summary>
+/// <param name="MedianBaselineStepSeconds">Median baseline step.</param>
+/// <param name="MedianTaskStepSeconds">Median step of the other task.</param>
+/// <param name="MedianOverhead">Median over the pairs of task step / baseline step − 1 (0.03: 3 % longer).</param>
+/// <param name="LowerQuartileOverhead">25th percentile of the pairs' overheads.</param>
+/// <param name="UpperQuartileOverhead">75th percentile of the pairs' overheads.</param>
+/// <param name="WarmupPairs">Untimed pairs run first.</param>
+public sealed record PairedTaskResult(double MedianBaselineStepSeconds, double MedianTaskStepSeconds, double MedianOverhead,
+    double LowerQuartileOverhead, double UpperQuartileOverhead, int Batch, int Resolution, int Pairs, int WarmupPairs, long PeakRssBytes);
+
 /// <summary>
 /// When warmup is over: after the asked number of untimed steps, and then only once a whole step has run without the
 /// JIT compiling a method (at most <see cref="MaxExtraSteps"/> more steps or <see cref="MaxExtraSeconds"/> more
@@ -154,37 +164,65 @@ public static class TrainBenchmark
         if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
         if (ReferenceEquals(fp32Task.Model, bf16Task.Model)) throw new ArgumentException("the fp32 and bf16 tasks need their own copies of the model");
         var dev = device ?? torch.CPU;
-        var gen = new Rng(0);
-        var fp32Times = new List<double>();
-        var bf16Times = new List<double>();
         using var fp32 = new Stepper(fp32Task, false, dev);
         using var bf16 = new Stepper(bf16Task, true, dev);
+        var (fp32Times, bf16Times, warmupPairs) = Alternate(fp32, bf16, batch, resolution, steps, warmup, waitForJit);
+        var ratios = fp32Times.Zip(bf16Times, (f, b) => f / b).Order().ToList();
+        return new PairedBf16Result(Median(fp32Times), Median(bf16Times), Median(ratios), Quantile(ratios, 0.25), Quantile(ratios, 0.75),
+            batch, resolution, steps, warmupPairs, PeakRss());
+    }
+
+    /// <summary>
+    /// Two tasks' fp32 train steps on the same model in one process, one step of each in turn, the order swapped every
+    /// pair, as <see cref="RunPairedBf16"/> does for two precisions: what a task (token labeling + MixToken, say) costs
+    /// over a baseline (plain cross-entropy), pair by pair, so that the machine's drift hits both alike. Each task keeps
+    /// its own AdamW state; both step the model's weights.
+    /// </summary>
+    public static PairedTaskResult RunPairedTasks(ITrainTask baseline, ITrainTask task, int batch, int resolution, int steps, int warmup,
+        Device? device = null, bool waitForJit = true)
+    {
+        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        if (!ReferenceEquals(baseline.Model, task.Model)) throw new ArgumentException("the two tasks must train the same model");
+        var dev = device ?? torch.CPU;
+        using var first = new Stepper(baseline, false, dev);
+        using var second = new Stepper(task, false, dev);
+        var (baseTimes, taskTimes, warmupPairs) = Alternate(first, second, batch, resolution, steps, warmup, waitForJit);
+        var overheads = baseTimes.Zip(taskTimes, (b, t) => t / b - 1).Order().ToList();
+        return new PairedTaskResult(Median(baseTimes), Median(taskTimes), Median(overheads), Quantile(overheads, 0.25), Quantile(overheads, 0.75),
+            batch, resolution, steps, warmupPairs, PeakRss());
+    }
+
+    /// <summary>Steps of <paramref name="a"/> and <paramref name="b"/> in turn, the order swapped every pair, until <paramref name="steps"/> pairs are timed.</summary>
+    private static (List<double> A, List<double> B, int WarmupPairs) Alternate(Stepper a, Stepper b, int batch, int resolution, int steps, int warmup,
+        bool waitForJit)
+    {
+        var gen = new Rng(0);
+        var aTimes = new List<double>();
+        var bTimes = new List<double>();
         var warm = new JitSettledWarmup(warmup, waitForJit);
-        for (int pair = 0; fp32Times.Count < steps; pair++)
+        for (int pair = 0; aTimes.Count < steps; pair++)
         {
             bool timed = warm.Done;
-            double tf, tb;
+            double ta, tb;
             if (pair % 2 == 0)
             {
-                tf = fp32.Step(batch, resolution, gen);
-                tb = bf16.Step(batch, resolution, gen);
+                ta = a.Step(batch, resolution, gen);
+                tb = b.Step(batch, resolution, gen);
             }
             else
             {
-                tb = bf16.Step(batch, resolution, gen);
-                tf = fp32.Step(batch, resolution, gen);
+                tb = b.Step(batch, resolution, gen);
+                ta = a.Step(batch, resolution, gen);
             }
             if (!timed)
             {
                 warm.StepRan();
                 continue;
             }
-            fp32Times.Add(tf);
-            bf16Times.Add(tb);
+            aTimes.Add(ta);
+            bTimes.Add(tb);
         }
-        var ratios = fp32Times.Zip(bf16Times, (f, b) => f / b).Order().ToList();
-        return new PairedBf16Result(Median(fp32Times), Median(bf16Times), Median(ratios), Quantile(ratios, 0.25), Quantile(ratios, 0.75),
-            batch, resolution, steps, warm.Steps, PeakRss());
+        return (aTimes, bTimes, warm.Steps);
     }
 
     /// <summary>

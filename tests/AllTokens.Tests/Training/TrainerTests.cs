@@ -371,6 +371,44 @@ public sealed class TrainerTests : IDisposable
     }
 
     [Fact]
+    public void PairedTaskBenchTimesTokenLabelingAgainstCrossEntropyOnOneModel()
+    {
+        var o = new StringWriter();
+        var e = new StringWriter();
+        int code = AllTokens.Cli.Program.Run(["bench", "--model", "lvvit_nano", "--res", "32", "--batch", "2", "--steps", "3", "--warmup", "1",
+            "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-task", "--json"], o, e);
+        Assert.True(code == 0, e.ToString());
+        using (var doc = System.Text.Json.JsonDocument.Parse(o.ToString()))
+        {
+            var root = doc.RootElement;
+            Assert.Equal(3, root.GetProperty("pairs").GetInt32());
+            Assert.Equal(1, root.GetProperty("warmup_pairs").GetInt32());
+            Assert.Equal("token labeling + MixToken", root.GetProperty("task").GetString());
+            Assert.Equal("cross-entropy", root.GetProperty("baseline").GetString());
+            double ce = root.GetProperty("baseline_median_step_s").GetDouble(), tl = root.GetProperty("task_median_step_s").GetDouble();
+            Assert.True(ce > 0 && tl > 0);
+            double q1 = root.GetProperty("paired_overhead_q1").GetDouble(), q3 = root.GetProperty("paired_overhead_q3").GetDouble();
+            Assert.InRange(root.GetProperty("paired_overhead_median").GetDouble(), q1, q3);
+            Assert.True(q1 > -1);
+        }
+        foreach (var (args, says) in new (string[], string)[]
+                 {
+                     (["--model", "vit_nano", "--paired-task"], "no token head"),
+                     (["--model", "lvvit_nano", "--paired-task", "--bf16"], "--paired-task"),
+                     (["--model", "lvvit_nano", "--paired-task", "--task", "ce"], "leave --task out"),
+                 })
+        {
+            e = new StringWriter();
+            code = AllTokens.Cli.Program.Run(["bench", "--res", "32", .. args], new StringWriter(), e);
+            Assert.Equal(2, code);
+            Assert.Contains(says, e.ToString());
+        }
+        using var model = ModelRegistry.Create("lvvit_nano", new ModelOptions(10, 32));
+        using var other = ModelRegistry.Create("lvvit_nano", new ModelOptions(10, 32));
+        Assert.Throws<ArgumentException>(() => TrainBenchmark.RunPairedTasks(new ClassificationTask(model), new ClassificationTask(other), 2, 32, 1, 0));
+    }
+
+    [Fact]
     public void BenchPairedBf16FromTheCommandLine()
     {
         var o = new StringWriter();
