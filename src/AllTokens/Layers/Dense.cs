@@ -113,6 +113,10 @@ public static class Dense
         return new ConvShape(x.dtype, x.numel() / Math.Max(1, k * n), n, k, weight.shape[0], bias is not null, gradient, torch.get_num_threads());
     }
 
+    /// <summary>Whether <see cref="Forward(Tensor, Tensor, Tensor?)"/> would run this product as the (checked) convolution.</summary>
+    internal static bool TakesSoundConvolution(Tensor weight, Tensor? bias, Tensor x) =>
+        UseConvKernel && TakesConvPath(weight, x) && IsSound(weight, bias, x);
+
     private static bool IsSound(Tensor weight, Tensor? bias, Tensor x)
     {
         if (!CheckConvolution) return true;

@@ -17,6 +17,15 @@ public static class PatchProjection
 {
     public static bool Enabled { get; set; } = SpeedSwitch.On("ALLTOKENS_PATCH_PROJECT", "conv");
 
+    /// <summary>
+    /// With gradients, take the linear only where <see cref="Dense"/> runs it as its checked convolution. Where it falls
+    /// back to the plain matmul (on the Zen 5 VM oneDNN's 1×1 kernel is wrong for lvvit_t's [8, 196, 4096] → 240) the
+    /// matmul's backward raised lvvit_t's peak RSS by ~100–130 MiB, above PyTorch's, for ~15 ms a step; there training
+    /// keeps the convolution, and inference (no gradients, no saved patches) still takes the linear. Tests turn it off
+    /// to exercise the linear's backward on any CPU.
+    /// </summary>
+    internal static bool TrainingNeedsSoundConvolution { get; set; } = true;
+
     /// <summary>Whether <see cref="Forward"/> takes the linear for this convolution and input.</summary>
     public static bool Applies(Conv2d conv, Tensor x)
     {
@@ -45,6 +54,9 @@ public static class PatchProjection
             .permute(0, 1, 3, 2, 4, 5)                     // [B, H/k, W/k, k, k, C]
             .reshape(b, hp * wp, k * k * c);               // the one copy
         var weight = w.permute(0, 2, 3, 1).reshape(d, k * k * c); // [D, k, k, C]: the patches' feature order
+        bool training = torch.is_grad_enabled() && (x.requires_grad || w.requires_grad || conv.bias?.requires_grad == true);
+        if (training && TrainingNeedsSoundConvolution && !Dense.TakesSoundConvolution(weight, conv.bias, patches))
+            return scope.MoveToOuter(conv.call(x));
         var y = Dense.Forward(patches, weight, conv.bias);         // [B, H/k · W/k, D]
         return scope.MoveToOuter(y.view(b, hp, wp, d).permute(0, 3, 1, 2)); // [B, D, H/k, W/k], NHWC strides
     }

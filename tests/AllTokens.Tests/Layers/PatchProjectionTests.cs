@@ -26,7 +26,10 @@ public class PatchProjectionTests
         conv.zero_grad();
 
         var x2 = x0.detach().requires_grad_(true);
-        var y2 = PatchProjection.Forward(conv, x2);
+        PatchProjection.TrainingNeedsSoundConvolution = false; // the linear's backward, whatever Dense would do here
+        Tensor y2;
+        try { y2 = PatchProjection.Forward(conv, x2); }
+        finally { PatchProjection.TrainingNeedsSoundConvolution = true; }
         Assert.Equal(y1.shape, y2.shape);
         Assert.True(Layout.IsChannelsLast(y2), "the output keeps the convolution's channels-last layout");
         y2.backward([g]);
@@ -35,6 +38,25 @@ public class PatchProjectionTests
         KernelPathTests.AssertClose(gw1, conv.weight!.grad!);
         if (bias) KernelPathTests.AssertClose(gb1!, conv.bias!.grad!);
         Assert.Equal(new long[] { d, c, k, k }, conv.weight!.shape); // the parameter keeps the convolution's shape
+    }
+
+    [Fact]
+    public void TrainingKeepsTheConvolutionWhereDenseWouldNotRunTheProductAsItsConvolution()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(22);
+        var conv = nn.Conv2d(8, 12, 4, stride: 4); // [1, 4, 128] → 12: too small a product for Dense's convolution
+        var x = Layout.ToChannelsLast(torch.randn(1, 8, 8, 8)).requires_grad_(true);
+        var viaConv = conv.call(x);
+        Assert.Equal(0.0, (PatchProjection.Forward(conv, x) - viaConv).abs().max().item<float>()); // the convolution, bit for bit
+        using (torch.no_grad())
+        {
+            var inference = PatchProjection.Forward(conv, x); // no gradients: the linear over the patches
+            KernelPathTests.AssertClose(viaConv.detach(), inference);
+            var patches = x.permute(0, 2, 3, 1).reshape(1, 2, 4, 2, 4, 8).permute(0, 1, 3, 2, 4, 5).reshape(1, 4, 128);
+            var plain = nn.functional.linear(patches, conv.weight!.permute(0, 2, 3, 1).reshape(12, 128), conv.bias);
+            Assert.Equal(0.0, (plain.view(1, 2, 2, 12).permute(0, 3, 1, 2) - inference).abs().max().item<float>());
+        }
     }
 
     [Fact]
