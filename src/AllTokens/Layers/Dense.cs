@@ -70,12 +70,12 @@ public static class Dense
     public static Tensor Forward(Linear linear, Tensor x)
     {
         Probe?.Invoke(linear, x);
-        return UseConvKernel && TakesConvPath(linear, x) && IsSound(linear.weight!, linear.bias, x) ? AsConvolution(linear, x) : linear.call(x);
+        return TakesSoundConvolution(linear.weight!, linear.bias, x) ? AsConvolution(linear, x) : linear.call(x);
     }
 
     /// <summary>y = x·Wᵀ + b for a weight [C, K] and bias that are not a module's own (Layers/NormLinear's folded ones).</summary>
     public static Tensor Forward(Tensor x, Tensor weight, Tensor? bias) =>
-        UseConvKernel && TakesConvPath(weight, x) && IsSound(weight, bias, x) ? AsConvolution(weight, bias, x) : nn.functional.linear(x, weight, bias);
+        TakesSoundConvolution(weight, bias, x) ? AsConvolution(weight, bias, x) : nn.functional.linear(x, weight, bias);
 
     /// <summary>
     /// Check each shape's convolution against the plain linear before using it (<c>ALLTOKENS_CONV_CHECK=off</c>: trust
@@ -113,7 +113,7 @@ public static class Dense
         return new ConvShape(x.dtype, x.numel() / Math.Max(1, k * n), n, k, weight.shape[0], bias is not null, gradient, torch.get_num_threads());
     }
 
-    /// <summary>Whether <see cref="Forward(Tensor, Tensor, Tensor?)"/> would run this product as the (checked) convolution.</summary>
+    /// <summary>Whether the Forward methods run this product as the (checked) convolution.</summary>
     internal static bool TakesSoundConvolution(Tensor weight, Tensor? bias, Tensor x) =>
         UseConvKernel && TakesConvPath(weight, x) && IsSound(weight, bias, x);
 

@@ -15,10 +15,20 @@ public class KernelPathTests
     internal static void AssertClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
     {
         Assert.Equal(expected.shape, actual.shape);
-        double err = (expected - actual).abs().max().item<float>();
-        double scale = expected.abs().max().item<float>();
+        var (err, scale) = Difference(expected, actual);
         Assert.True(err <= atol + rtol * scale, $"max |difference| {err:E3} with max |expected| {scale:E3}");
     }
+
+    /// <summary>The same test as <see cref="AssertClose"/>, as a value.</summary>
+    private static bool IsClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
+    {
+        var (err, scale) = Difference(expected, actual);
+        return err <= atol + rtol * scale;
+    }
+
+    /// <summary>Largest |expected − actual| and largest |expected|.</summary>
+    private static (double Err, double Scale) Difference(Tensor expected, Tensor actual) =>
+        ((expected - actual).abs().max().item<float>(), expected.abs().max().item<float>());
 
     [Theory]
     [InlineData(new long[] { 8, 197, 240 }, 720, true)]   // an lvvit_t qkv (takes the convolution)
@@ -62,12 +72,6 @@ public class KernelPathTests
         AssertClose(gx1, x3.grad!);
         AssertClose(gw1, lin.weight!.grad!);
         if (bias) AssertClose(gb1!, lin.bias!.grad!);
-    }
-
-    private static bool IsClose(Tensor expected, Tensor actual, double rtol = 1e-4, double atol = 1e-5)
-    {
-        double err = (expected - actual).abs().max().item<float>();
-        return err <= atol + rtol * expected.abs().max().item<float>();
     }
 
     [Fact]
