@@ -13,6 +13,14 @@ public static unsafe class Denormals
 
     private static readonly Lazy<nint> setter = new(FindSetter);
 
+    [ThreadStatic] private static bool? setHere;
+
+    /// <summary>
+    /// What <see cref="Flush"/> last set on the calling thread (and its team): true flushing, false not, null never called
+    /// here (or it failed). An in-process caller of the CLI uses it to put the setting back (Program.Run).
+    /// </summary>
+    public static bool? SetOnThisThread => setHere;
+
     /// <summary>
     /// Sets (or clears) FTZ and DAZ on the calling thread and on every thread of libtorch's OpenMP team, through
     /// libtorch's own <c>at::Context::setFlushDenormal</c> (what <c>torch.set_flush_denormal</c> calls). Threads the
@@ -27,6 +35,7 @@ public static unsafe class Denormals
         if (set(flag) == 0) return false;
         var state = new State { Set = set, On = flag };
         OpenMpTeam.For(Math.Max(1, torch.get_num_threads()), 1, &OnTeamThread, &state);
+        setHere = state.Failed == 0 ? on : null;
         return state.Failed == 0;
     }
 

@@ -16,6 +16,34 @@ public sealed class CliTests : IDisposable
     public void Dispose() => Directory.Delete(dir, true);
 
     [Fact]
+    public void AVerbsThreadCountAndDenormalFlushEndWithIt()
+    {
+        // A verb sets --threads for the process and flushes denormals on its thread (CliCommon.ApplyThreads); run in
+        // process, the caller gets both back as they were. On a thread of its own, so its MXCSR history is this test's.
+        Layers.DenormalsTests.OnOwnThread(() =>
+        {
+            int threads = torch.get_num_threads();
+            try
+            {
+                torch.set_num_threads(2);
+                AllTokens.Layers.Denormals.Flush(false);
+                var (code, _, err) = Run("bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "1", "--warmup", "1",
+                    "--fixed-warmup", "--num-classes", "10", "--threads", "1");
+                Assert.True(code == 0, err);
+                Assert.Equal(2, torch.get_num_threads());
+                if (!AllTokens.Layers.Denormals.Enabled || !OperatingSystem.IsLinux()) return;
+                Assert.False(AllTokens.Layers.Denormals.SetOnThisThread);
+                Assert.Equal(5, Layers.DenormalsTests.NonZeroProducts(5));             // denormals kept on this thread
+                Assert.Equal(1 << 20, Layers.DenormalsTests.NonZeroProducts(1 << 20)); // and on its team
+            }
+            finally
+            {
+                torch.set_num_threads(threads);
+            }
+        });
+    }
+
+    [Fact]
     public void ModelsJsonListsEveryModelWithExactParams()
     {
         var (code, output, _) = Run("models", "--json");

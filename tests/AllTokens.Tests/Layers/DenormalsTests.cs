@@ -18,7 +18,7 @@ public class DenormalsTests
     private const float Tiny = 1e-39f; // below float's smallest normal (1.18e-38)
 
     /// <summary>How many elements of tiny · 1 came out non-zero, over a tensor of <paramref name="n"/> elements.</summary>
-    private static long NonZeroProducts(long n)
+    internal static long NonZeroProducts(long n)
     {
         using var scope = torch.NewDisposeScope();
         var x = torch.full(n, Tiny);
@@ -44,7 +44,7 @@ public class DenormalsTests
     }
 
     /// <summary>Runs <paramref name="body"/> on a new thread and rethrows what it threw.</summary>
-    private static void OnOwnThread(Action body)
+    internal static void OnOwnThread(Action body)
     {
         ExceptionDispatchInfo? error = null;
         var thread = new Thread(() =>
