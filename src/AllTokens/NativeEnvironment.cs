@@ -14,6 +14,9 @@ public static partial class NativeEnvironment
     [LibraryImport("libc", EntryPoint = "mallopt")]
     private static partial int MallOpt(int parameter, int value);
 
+    [LibraryImport("libc", EntryPoint = "malloc_trim")]
+    private static partial int MallocTrim(nuint pad);
+
     [LibraryImport("libc", EntryPoint = "gnu_get_libc_version")]
     private static partial IntPtr GnuLibcVersion();
 
@@ -97,5 +100,17 @@ public static partial class NativeEnvironment
         {
             return false; // musl and others: no gnu_get_libc_version, their malloc has other knobs
         }
+    }
+
+    /// <summary>
+    /// Hands the heap's free pages back to the system (glibc's malloc_trim), where <see cref="ConfigureAllocator"/> keeps
+    /// them. For a change of phase (training to evaluation and back), whose blocks differ from the last phase's: without
+    /// it the new phase's blocks rarely fit the holes the old one left, and the heap grows past the training peak.
+    /// Returns whether anything was released; nothing happens where the allocator was left alone.
+    /// </summary>
+    public static bool ReleaseFreeHeap()
+    {
+        if (!AllocatorConfigured) return false;
+        return MallocTrim(0) != 0;
     }
 }

@@ -125,6 +125,7 @@ public static class TrainBenchmark
                 }
                 trainWarmupSteps = trainWarmup.Steps;
                 faultsAtTrainEnd = MinorFaults();
+                NativeEnvironment.ReleaseFreeHeap(); // as the trainer does before validation (Evaluator.Run)
                 model.eval();
                 var inferWarmup = new JitSettledWarmup(warmup, waitForJit);
                 using (torch.no_grad())

@@ -106,4 +106,37 @@ public sealed class AllocatorTests
             // not glibc (or older than 2.33, without mallinfo2): nothing to check
         }
     }
+
+    /// <summary>This process's resident memory in bytes (/proc/self/statm's second field, in pages).</summary>
+    private static long ResidentBytes() =>
+        long.Parse(File.ReadAllText("/proc/self/statm").Split(' ')[1]) * Environment.SystemPageSize;
+
+    [Fact]
+    public unsafe void ReleaseFreeHeapHandsTheHolesFreedBlocksLeaveBack()
+    {
+        if (!OperatingSystem.IsLinux() || !File.Exists("/proc/self/statm")) return;
+        if (!NativeEnvironment.ConfigureAllocator()) return; // the environment left malloc to glibc: nothing is kept
+        const int blocks = 64, size = 2 << 20;
+        var held = new nint[blocks];
+        try
+        {
+            // 2 MiB blocks, kept in the heap by the settings, every page touched; freeing every other one leaves holes
+            // between live blocks that cannot merge into the heap's top, so their pages stay resident until released.
+            for (int i = 0; i < blocks; i++)
+            {
+                held[i] = (nint)NativeMemory.Alloc(size);
+                new Span<byte>((void*)held[i], size).Fill(1);
+            }
+            for (int i = 0; i < blocks; i += 2) { NativeMemory.Free((void*)held[i]); held[i] = 0; }
+            long before = ResidentBytes();
+            Assert.True(NativeEnvironment.ReleaseFreeHeap(), "malloc_trim found nothing to release");
+            long released = before - ResidentBytes();
+            long holes = blocks / 2 * (long)size;
+            Assert.True(released >= holes * 3 / 4, $"{released >> 20} MiB went back of the {holes >> 20} MiB freed");
+        }
+        finally
+        {
+            foreach (var p in held) if (p != 0) NativeMemory.Free((void*)p);
+        }
+    }
 }
