@@ -45,6 +45,32 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     /// </summary>
     public static bool UseFused { get; set; } = SpeedSwitch.On("ALLTOKENS_ATTENTION", "explicit");
 
+    /// <summary>
+    /// Without gradients on a CPU, sequences shorter than <see cref="ExplicitInferenceTokens"/> take the explicit path:
+    /// there libtorch's fused kernel loses to two batched matmuls and a softmax. Attention forward (qkv and proj
+    /// included), batch 8, 41 alternating reps on 2 Zen 5 cores: [197, 240] 4 heads 6.0–6.3 vs 6.6–6.7 ms, [197, 256] 4
+    /// heads 6.1–6.3 vs 6.7, [197, 384] 6 heads 10.9–11.1 vs 11.8, [401, 240] 17.1 vs 17.7–18.0; level at 577 tokens; a
+    /// 3,136-token single head 612 vs 140 ms (the fused kernel never builds the [N, N] matrix). lvvit_t's inference
+    /// forward 181–194 vs 195–204 ms. Training keeps the fused kernel: the explicit path would keep each block's
+    /// [B, H, N, N] probabilities for the backward (~60 MiB more peak for lvvit_t at batch 8).
+    /// <c>ALLTOKENS_ATTENTION=fused</c> turns this off for comparisons.
+    /// </summary>
+    public static bool ExplicitShortInference { get; set; } = SpeedSwitch.On("ALLTOKENS_ATTENTION", "fused");
+
+    /// <summary>Sequences shorter than this take the explicit path in inference (<see cref="ExplicitShortInference"/>).</summary>
+    public const long ExplicitInferenceTokens = 512;
+
+    /// <summary>Whether <see cref="Forward"/> takes libtorch's fused kernel for <paramref name="x"/> ([B, N, C]).</summary>
+    internal bool TakesFused(Tensor x, bool captureAttention)
+    {
+        if (!UseFused || captureAttention) return false;
+        if (x.device_type != DeviceType.CPU) return true;
+        // libtorch's CPU flash-attention kernel is slow in bf16 (an lvvit_t attention forward + backward: 23 vs 16 ms
+        // explicit, paired runs), so bf16 on a CPU takes the explicit path.
+        if (x.dtype == ScalarType.BFloat16) return false;
+        return !(ExplicitShortInference && !torch.is_grad_enabled() && x.shape[1] < ExplicitInferenceTokens);
+    }
+
     public Linear Qkv => qkv;
     public Linear Proj => proj;
 
@@ -74,10 +100,7 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         var q = qkvParts[0];
         var k = qkvParts[1];
         var v = qkvParts[2];
-        // libtorch's CPU flash-attention kernel is slow in bf16 (an lvvit_t attention forward + backward: 23 vs 16 ms
-        // explicit, paired runs), so bf16 on a CPU takes the explicit path.
-        bool useFused = UseFused && !captureAttention && !(x.dtype == ScalarType.BFloat16 && x.device_type == DeviceType.CPU);
-        if (useFused)
+        if (TakesFused(x, captureAttention))
         {
             // SDPA scales by head_dim^-0.5 itself; fold any other scale into q.
             double hd = c / NumHeads, extra = Scale * Math.Sqrt(hd);

@@ -386,6 +386,36 @@ public class KernelPathTests
         AssertClose(torch.autograd.grad([fused], [x], [g])[0], torch.autograd.grad([explicitOut], [x], [g])[0], 1e-5, 1e-6);
     }
 
+    [Fact]
+    public void ShortSequencesInferExplicitlyAndTrainFused()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(6);
+        var attention = new Attention(64, 4);
+        var shortX = torch.randn(2, 21, 64);
+        var longX = torch.randn(1, Attention.ExplicitInferenceTokens, 64);
+        Assert.True(attention.TakesFused(shortX, captureAttention: false));       // with gradients: the fused kernel
+        using (torch.no_grad())
+        {
+            Assert.False(attention.TakesFused(shortX, captureAttention: false));  // inference, short: explicit
+            Assert.True(attention.TakesFused(longX, captureAttention: false));    // inference from 512 tokens: fused
+            Assert.False(attention.TakesFused(shortX.to(ScalarType.BFloat16), captureAttention: false));
+            // The inference output is the explicit path's (the one capturing probabilities) bit for bit.
+            var inferred = attention.call(shortX);
+            var explicitOut = attention.Forward(shortX, out var probabilities, captureAttention: true);
+            Assert.NotNull(probabilities);
+            Assert.True(inferred.equal(explicitOut).all().item<bool>());
+            bool was = Attention.ExplicitShortInference;
+            try
+            {
+                Attention.ExplicitShortInference = false; // ALLTOKENS_ATTENTION=fused
+                Assert.True(attention.TakesFused(shortX, captureAttention: false));
+                AssertClose(explicitOut, attention.call(shortX), 1e-5, 1e-6);
+            }
+            finally { Attention.ExplicitShortInference = was; }
+        }
+    }
+
     [Theory]
     [InlineData(64, true)]   // head_dim 16: scale 1/4, exact
     [InlineData(256, true)]  // head_dim 64 (t2t_vit_7's): scale 1/8, exact
