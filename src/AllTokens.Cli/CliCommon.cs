@@ -21,11 +21,29 @@ public static class CliCommon
         return d == "cuda" ? torch.CUDA : torch.CPU;
     }
 
+    /// <summary>libtorch's thread count and this thread's denormal setting before <see cref="ApplyThreads"/> changed them.</summary>
+    [ThreadStatic] private static (int Threads, bool? Flush)? before;
+
+    /// <summary>--threads for libtorch, and denormals flushed on this thread and its team; <see cref="RestoreThreads"/> undoes both.</summary>
     public static void ApplyThreads(ParsedArgs a)
     {
         int? t = a.Int("threads", 1, 1024);
+        before ??= (torch.get_num_threads(), Layers.Denormals.SetOnThisThread);
         if (t is not null) torch.set_num_threads(t.Value);
         Layers.Denormals.Flush();
+    }
+
+    /// <summary>
+    /// Puts back what <see cref="ApplyThreads"/> changed, when it ran on this thread: Program.Run calls it as a verb ends,
+    /// so an in-process caller (a test, a host program) gets the process as it was. Verbs that never touch libtorch leave
+    /// nothing to undo (and <c>doctor</c> can still report a libtorch that does not load).
+    /// </summary>
+    public static void RestoreThreads()
+    {
+        if (before is not { } b) return;
+        before = null;
+        if (torch.get_num_threads() != b.Threads) torch.set_num_threads(b.Threads);
+        if (Layers.Denormals.SetOnThisThread != b.Flush) Layers.Denormals.Flush(b.Flush ?? false);
     }
 
     /// <summary>

@@ -51,10 +51,6 @@ public static class Program
             stderr.WriteLine($"usage: alltokens {verb.Spec.Name} {verb.Spec.Usage}   (--help for details)");
             return 2;
         }
-        // --threads and the denormal flush (CliCommon.ApplyThreads) change the process and this thread: an in-process caller
-        // (a test, a host program) gets both back as they were when the verb ends.
-        int threadsBefore = TorchSharp.torch.get_num_threads();
-        bool? flushBefore = Layers.Denormals.SetOnThisThread;
         try
         {
             return verb.Run(parsed, new Console2(stdout, stderr));
@@ -72,8 +68,7 @@ public static class Program
         }
         finally
         {
-            if (TorchSharp.torch.get_num_threads() != threadsBefore) TorchSharp.torch.set_num_threads(threadsBefore);
-            if (Layers.Denormals.SetOnThisThread != flushBefore) Layers.Denormals.Flush(flushBefore ?? false);
+            CliCommon.RestoreThreads(); // --threads and the denormal flush, as they were before the verb
         }
     }
 
