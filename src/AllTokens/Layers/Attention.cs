@@ -46,7 +46,8 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     public static bool UseFused { get; set; } = SpeedSwitch.On("ALLTOKENS_ATTENTION", "explicit");
 
     /// <summary>
-    /// Without gradients on a CPU, sequences shorter than <see cref="ExplicitInferenceTokens"/> take the explicit path:
+    /// Without gradients on a CPU, sequences shorter than <see cref="ExplicitInferenceTokens"/> (in batches whose
+    /// probabilities fit <see cref="ExplicitInferenceElements"/>) take the explicit path:
     /// there libtorch's fused kernel loses to two batched matmuls and a softmax. Attention forward (qkv and proj
     /// included), batch 8, 41 alternating reps on 2 Zen 5 cores: [197, 240] 4 heads 6.0–6.3 vs 6.6–6.7 ms, [197, 256] 4
     /// heads 6.1–6.3 vs 6.7, [197, 384] 6 heads 10.9–11.1 vs 11.8, [401, 240] 17.1 vs 17.7–18.0; level at 577 tokens; a
@@ -60,6 +61,12 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
     /// <summary>Sequences shorter than this take the explicit path in inference (<see cref="ExplicitShortInference"/>).</summary>
     public const long ExplicitInferenceTokens = 512;
 
+    /// <summary>
+    /// ... and only while the [B, H, N, N] probabilities stay within this many elements (64 MiB in fp32): a large
+    /// evaluation batch keeps the fused kernel, which never builds them.
+    /// </summary>
+    public const long ExplicitInferenceElements = 1L << 24;
+
     /// <summary>Whether <see cref="Forward"/> takes libtorch's fused kernel for <paramref name="x"/> ([B, N, C]).</summary>
     internal bool TakesFused(Tensor x, bool captureAttention)
     {
@@ -68,7 +75,9 @@ public sealed class Attention : nn.Module<Tensor, Tensor>, IAttention
         // libtorch's CPU flash-attention kernel is slow in bf16 (an lvvit_t attention forward + backward: 23 vs 16 ms
         // explicit, paired runs), so bf16 on a CPU takes the explicit path.
         if (x.dtype == ScalarType.BFloat16) return false;
-        return !(ExplicitShortInference && !torch.is_grad_enabled() && x.shape[1] < ExplicitInferenceTokens);
+        long n = x.shape[1];
+        return !(ExplicitShortInference && !torch.is_grad_enabled() && n < ExplicitInferenceTokens
+                 && x.shape[0] * NumHeads * n * n <= ExplicitInferenceElements);
     }
 
     public Linear Qkv => qkv;

@@ -399,6 +399,9 @@ public class KernelPathTests
         {
             Assert.False(attention.TakesFused(shortX, captureAttention: false));  // inference, short: explicit
             Assert.True(attention.TakesFused(longX, captureAttention: false));    // inference from 512 tokens: fused
+            long rows = Attention.ExplicitInferenceElements / (4 * 21 * 21);            // batch whose probabilities just fit
+            Assert.False(attention.TakesFused(torch.empty(rows, 21, 64), captureAttention: false));
+            Assert.True(attention.TakesFused(torch.empty(rows + 1, 21, 64), captureAttention: false)); // past 2^24 elements: fused
             Assert.False(attention.TakesFused(shortX.to(ScalarType.BFloat16), captureAttention: false));
             // The inference output is the explicit path's (the one capturing probabilities) bit for bit.
             var inferred = attention.call(shortX);
