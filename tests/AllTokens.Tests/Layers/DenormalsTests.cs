@@ -8,9 +8,8 @@ namespace AllTokens.Tests.Layers;
 
 /// <summary>
 /// FTZ/DAZ live in each thread's MXCSR, so every test here runs on a thread of its own: the test runner's pool
-/// threads carry whatever the tests before left on them (a CLI verb's ApplyThreads turns flushing on and leaves it on),
-/// and libgomp gives each master thread its own team, so a fresh thread also brings a fresh team whose every member is
-/// one this test set up. A failure message carries the thread's MXCSR, to tell a setting that did not hold from one
+/// threads carry whatever the code run on them before left there, and libgomp gives each master thread its own team, so
+/// a fresh thread also brings a fresh team whose every member is one this test set up. A failure message carries the thread's MXCSR, to tell a setting that did not hold from one
 /// that something else changed.
 /// </summary>
 public class DenormalsTests
