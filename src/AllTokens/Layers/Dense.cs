@@ -113,6 +113,15 @@ public static class Dense
         return new ConvShape(x.dtype, x.numel() / Math.Max(1, k * n), n, k, weight.shape[0], bias is not null, gradient, torch.get_num_threads());
     }
 
+    /// <summary>
+    /// Whether a product of these dimensions was checked in this process (same dtype, autograd and thread count) and its
+    /// convolution found wrong: a caller can then skip building an input only the convolution would have used.
+    /// </summary>
+    internal static bool KnownUnsound(ScalarType dtype, long images, long tokens, long inFeatures, long outFeatures, bool bias, bool gradient) =>
+        UseConvKernel && CheckConvolution
+        && soundness.TryGetValue(new ConvShape(dtype, images, tokens, inFeatures, outFeatures, bias, gradient, torch.get_num_threads()), out bool sound)
+        && !sound;
+
     /// <summary>Whether the Forward methods run this product as the (checked) convolution.</summary>
     internal static bool TakesSoundConvolution(Tensor weight, Tensor? bias, Tensor x) =>
         UseConvKernel && TakesConvPath(weight, x) && IsSound(weight, bias, x);

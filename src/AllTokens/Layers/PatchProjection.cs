@@ -48,13 +48,16 @@ public static class PatchProjection
         var w = conv.weight!;
         long b = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3], k = w.shape[2], d = w.shape[0];
         long hp = h / k, wp = wd / k;
+        bool training = torch.is_grad_enabled() && (x.requires_grad || w.requires_grad || conv.bias?.requires_grad == true);
+        // Dense's verdict for this product already cached as wrong: the convolution, without the patch copy it would not use.
+        if (training && TrainingNeedsSoundConvolution && Dense.KnownUnsound(x.dtype, b, hp * wp, k * k * c, d, conv.bias is not null, gradient: true))
+            return conv.call(x);
         using var scope = torch.NewDisposeScope();
         var patches = x.permute(0, 2, 3, 1)                // [B, H, W, C], a view of the NHWC memory
             .view(b, hp, k, wp, k, c)
             .permute(0, 1, 3, 2, 4, 5)                     // [B, H/k, W/k, k, k, C]
             .reshape(b, hp * wp, k * k * c);               // the one copy
         var weight = w.permute(0, 2, 3, 1).reshape(d, k * k * c); // [D, k, k, C]: the patches' feature order
-        bool training = torch.is_grad_enabled() && (x.requires_grad || w.requires_grad || conv.bias?.requires_grad == true);
         if (training && TrainingNeedsSoundConvolution && !Dense.TakesSoundConvolution(weight, conv.bias, patches))
             return scope.MoveToOuter(conv.call(x));
         var y = Dense.Forward(patches, weight, conv.bias);         // [B, H/k · W/k, D]

@@ -41,6 +41,35 @@ public class PatchProjectionTests
     }
 
     [Fact]
+    public void AProductKnownWrongGoesStraightToTheConvolutionInTraining()
+    {
+        using var _ = torch.NewDisposeScope();
+        torch.manual_seed(23);
+        var conv = nn.Conv2d(16, 256, 4, stride: 4); // patches [2, 256, 256] → 256: large enough for Dense's convolution
+        var x = Layout.ToChannelsLast(torch.randn(2, 16, 64, 64)).requires_grad_(true);
+        var viaConv = conv.call(x);
+        var original = Dense.CheckedConvolution;
+        Dense.ForgetCheckedShapes();
+        try
+        {
+            Assert.False(Dense.KnownUnsound(x.dtype, 2, 256, 256, 256, bias: true, gradient: true)); // not checked yet
+            Dense.CheckedConvolution = (w, b, input) => original(w, b, input) * 1.01; // a wrong kernel
+            Assert.Equal(0.0, (PatchProjection.Forward(conv, x) - viaConv).abs().max().item<float>()); // checked: the convolution
+            Assert.Single(Dense.CheckedShapes);
+            Assert.False(Dense.CheckedShapes.Values.Single());
+            Assert.True(Dense.KnownUnsound(x.dtype, 2, 256, 256, 256, bias: true, gradient: true));
+            Assert.False(Dense.KnownUnsound(x.dtype, 2, 256, 256, 256, bias: true, gradient: false)); // another shape
+            Assert.Equal(0.0, (PatchProjection.Forward(conv, x) - viaConv).abs().max().item<float>()); // the cached verdict
+            Assert.Single(Dense.CheckedShapes);
+        }
+        finally
+        {
+            Dense.CheckedConvolution = original;
+            Dense.ForgetCheckedShapes();
+        }
+    }
+
+    [Fact]
     public void TrainingKeepsTheConvolutionWhereDenseWouldNotRunTheProductAsItsConvolution()
     {
         using var _ = torch.NewDisposeScope();
