@@ -193,24 +193,13 @@ public static class BenchVerb
         var r = Training.TrainBenchmark.RunPairedTasks(ceTask, tokenTask, batch, res, steps, warmup, device, waitForJit: !fixedWarmup);
         if (a.Flag("json"))
         {
-            io.Out.WriteLine(JsonSerializer.Serialize(new
-            {
-                impl = "alltokens",
-                model = name,
-                res,
-                batch,
-                threads = torch.get_num_threads(),
-                task = taskName,
-                baseline = ceName,
-                pairs = r.Pairs,
-                warmup_pairs = r.WarmupPairs,
-                baseline_median_step_s = r.MedianBaselineStepSeconds,
-                task_median_step_s = r.MedianTaskStepSeconds,
-                paired_overhead_median = r.MedianOverhead,
-                paired_overhead_q1 = r.LowerQuartileOverhead,
-                paired_overhead_q3 = r.UpperQuartileOverhead,
-                peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
-            }));
+            io.Out.WriteLine(PairedJson(name, res, batch, taskName, r.Pairs, r.WarmupPairs, r.PeakRssBytes,
+                ("baseline", ceName),
+                ("baseline_median_step_s", r.MedianBaselineStepSeconds),
+                ("task_median_step_s", r.MedianTaskStepSeconds),
+                ("paired_overhead_median", r.MedianOverhead),
+                ("paired_overhead_q1", r.LowerQuartileOverhead),
+                ("paired_overhead_q3", r.UpperQuartileOverhead)));
         }
         else
         {
@@ -233,25 +222,14 @@ public static class BenchVerb
         var r = Training.TrainBenchmark.RunPairedBf16(fp32Task, bf16Task, batch, res, steps, warmup, device, waitForJit: !fixedWarmup);
         if (a.Flag("json"))
         {
-            io.Out.WriteLine(JsonSerializer.Serialize(new
-            {
-                impl = "alltokens",
-                model = name,
-                res,
-                batch,
-                threads = torch.get_num_threads(),
-                task = taskName,
-                pairs = r.Pairs,
-                warmup_pairs = r.WarmupPairs,
-                fp32_median_step_s = r.MedianFp32StepSeconds,
-                bf16_median_step_s = r.MedianBf16StepSeconds,
-                fp32_train_images_per_s = batch / r.MedianFp32StepSeconds,
-                bf16_train_images_per_s = batch / r.MedianBf16StepSeconds,
-                paired_ratio_median = r.MedianRatio,
-                paired_ratio_q1 = r.LowerQuartileRatio,
-                paired_ratio_q3 = r.UpperQuartileRatio,
-                peak_rss_mb = r.PeakRssBytes / (1024.0 * 1024.0),
-            }));
+            io.Out.WriteLine(PairedJson(name, res, batch, taskName, r.Pairs, r.WarmupPairs, r.PeakRssBytes,
+                ("fp32_median_step_s", r.MedianFp32StepSeconds),
+                ("bf16_median_step_s", r.MedianBf16StepSeconds),
+                ("fp32_train_images_per_s", batch / r.MedianFp32StepSeconds),
+                ("bf16_train_images_per_s", batch / r.MedianBf16StepSeconds),
+                ("paired_ratio_median", r.MedianRatio),
+                ("paired_ratio_q1", r.LowerQuartileRatio),
+                ("paired_ratio_q3", r.UpperQuartileRatio)));
         }
         else
         {
@@ -261,6 +239,29 @@ public static class BenchVerb
                 $"(quartiles ×{r.LowerQuartileRatio:F2}–×{r.UpperQuartileRatio:F2}); peak RSS {r.PeakRssBytes / 1048576.0:F0} MiB (both copies); untimed pairs {r.WarmupPairs}"));
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The JSON line of a paired run (--paired-bf16, --paired-task): what ran and how many pairs, the mode's own
+    /// <paramref name="figures"/> in order, then the process's peak RSS.
+    /// </summary>
+    private static string PairedJson(string name, int res, int batch, string taskName, int pairs, int warmupPairs, long peakRssBytes,
+        params (string Key, object Value)[] figures)
+    {
+        var line = new Dictionary<string, object>
+        {
+            ["impl"] = "alltokens",
+            ["model"] = name,
+            ["res"] = res,
+            ["batch"] = batch,
+            ["threads"] = torch.get_num_threads(),
+            ["task"] = taskName,
+            ["pairs"] = pairs,
+            ["warmup_pairs"] = warmupPairs,
+        };
+        foreach (var (key, value) in figures) line[key] = value;
+        line["peak_rss_mb"] = peakRssBytes / (1024.0 * 1024.0);
+        return JsonSerializer.Serialize(line);
     }
 
     private static void WriteBreakdown(Console2 io, IReadOnlyList<Training.StepPart> parts, double stepSeconds)

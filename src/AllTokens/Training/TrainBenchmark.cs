@@ -102,7 +102,7 @@ public static class TrainBenchmark
     public static BenchmarkResult Run(ITrainTask task, int batch, int resolution, int steps, int warmup, bool bf16 = false, Device? device = null,
         bool waitForJit = true)
     {
-        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        CheckCounts(batch, steps, warmup);
         var model = task.Model;
         var dev = device ?? torch.CPU;
         var gen = new Rng(0);
@@ -162,7 +162,7 @@ public static class TrainBenchmark
     public static PairedBf16Result RunPairedBf16(ITrainTask fp32Task, ITrainTask bf16Task, int batch, int resolution, int steps, int warmup,
         Device? device = null, bool waitForJit = true)
     {
-        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        CheckCounts(batch, steps, warmup);
         if (ReferenceEquals(fp32Task.Model, bf16Task.Model)) throw new ArgumentException("the fp32 and bf16 tasks need their own copies of the model");
         var dev = device ?? torch.CPU;
         using var fp32 = new Stepper(fp32Task, false, dev);
@@ -182,7 +182,7 @@ public static class TrainBenchmark
     public static PairedTaskResult RunPairedTasks(ITrainTask baseline, ITrainTask task, int batch, int resolution, int steps, int warmup,
         Device? device = null, bool waitForJit = true)
     {
-        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
+        CheckCounts(batch, steps, warmup);
         if (!ReferenceEquals(baseline.Model, task.Model)) throw new ArgumentException("the two tasks must train the same model");
         var dev = device ?? torch.CPU;
         using var first = new Stepper(baseline, false, dev);
@@ -191,6 +191,11 @@ public static class TrainBenchmark
         var overheads = baseTimes.Zip(taskTimes, (b, t) => t / b - 1).Order().ToList();
         return new PairedTaskResult(Median(baseTimes), Median(taskTimes), Median(overheads), Quantile(overheads, 0.25), Quantile(overheads, 0.75),
             batch, resolution, steps, warmupPairs, PeakRss());
+    }
+
+    private static void CheckCounts(int batch, int steps, int warmup)
+    {
+        if (batch < 1 || steps < 1 || warmup < 0) throw new ArgumentOutOfRangeException(nameof(steps), "batch and steps must be ≥ 1, warmup ≥ 0");
     }
 
     /// <summary>Steps of <paramref name="a"/> and <paramref name="b"/> in turn, the order swapped every pair, until <paramref name="steps"/> pairs are timed.</summary>

@@ -373,12 +373,10 @@ public sealed class TrainerTests : IDisposable
     [Fact]
     public void PairedTaskBenchTimesTokenLabelingAgainstCrossEntropyOnOneModel()
     {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = AllTokens.Cli.Program.Run(["bench", "--model", "lvvit_nano", "--res", "32", "--batch", "2", "--steps", "3", "--warmup", "1",
-            "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-task", "--json"], o, e);
-        Assert.True(code == 0, e.ToString());
-        using (var doc = System.Text.Json.JsonDocument.Parse(o.ToString()))
+        var (code, output, err) = AllTokens.Tests.Cli.InProcessCli.Run("bench", "--model", "lvvit_nano", "--res", "32", "--batch", "2", "--steps", "3",
+            "--warmup", "1", "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-task", "--json");
+        Assert.True(code == 0, err);
+        using (var doc = System.Text.Json.JsonDocument.Parse(output))
         {
             var root = doc.RootElement;
             Assert.Equal(3, root.GetProperty("pairs").GetInt32());
@@ -398,10 +396,9 @@ public sealed class TrainerTests : IDisposable
                      (["--model", "lvvit_nano", "--paired-task", "--task", "ce"], "leave --task out"),
                  })
         {
-            e = new StringWriter();
-            code = AllTokens.Cli.Program.Run(["bench", "--res", "32", .. args], new StringWriter(), e);
+            (code, _, err) = AllTokens.Tests.Cli.InProcessCli.Run(["bench", "--res", "32", .. args]);
             Assert.Equal(2, code);
-            Assert.Contains(says, e.ToString());
+            Assert.Contains(says, err);
         }
         using var model = ModelRegistry.Create("lvvit_nano", new ModelOptions(10, 32));
         using var other = ModelRegistry.Create("lvvit_nano", new ModelOptions(10, 32));
@@ -411,12 +408,10 @@ public sealed class TrainerTests : IDisposable
     [Fact]
     public void BenchPairedBf16FromTheCommandLine()
     {
-        var o = new StringWriter();
-        var e = new StringWriter();
-        int code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
-            "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-bf16", "--json"], o, e);
-        Assert.True(code == 0, e.ToString());
-        using (var doc = System.Text.Json.JsonDocument.Parse(o.ToString()))
+        var (code, output, err) = AllTokens.Tests.Cli.InProcessCli.Run("bench", "--model", "vit_nano", "--res", "32", "--batch", "2", "--steps", "2",
+            "--warmup", "1", "--fixed-warmup", "--num-classes", "10", "--threads", "1", "--paired-bf16", "--json");
+        Assert.True(code == 0, err);
+        using (var doc = System.Text.Json.JsonDocument.Parse(output))
         {
             var root = doc.RootElement;
             Assert.Equal(2, root.GetProperty("pairs").GetInt32());
@@ -424,10 +419,9 @@ public sealed class TrainerTests : IDisposable
             Assert.True(root.GetProperty("paired_ratio_median").GetDouble() > 0);
             Assert.True(root.GetProperty("bf16_train_images_per_s").GetDouble() > 0);
         }
-        e = new StringWriter();
-        code = AllTokens.Cli.Program.Run(["bench", "--model", "vit_nano", "--res", "32", "--paired-bf16", "--bf16"], new StringWriter(), e);
+        (code, _, err) = AllTokens.Tests.Cli.InProcessCli.Run("bench", "--model", "vit_nano", "--res", "32", "--paired-bf16", "--bf16");
         Assert.Equal(2, code);
-        Assert.Contains("--paired-bf16", e.ToString());
+        Assert.Contains("--paired-bf16", err);
     }
 
     [Fact]
